@@ -1,0 +1,92 @@
+//! State shared by the pipeline's threads: settings, metrics, the host cache, database
+//! handles, the RQD client and the stop switches. Everything here is either immutable or
+//! behind its own small lock or atomic.
+
+use crate::booking::Booker;
+use crate::db::Pool;
+use crate::host_cache::HostCache;
+use crate::limits;
+use crate::metrics::Metrics;
+use crate::rqd::RqdClient;
+use crate::settings::Settings;
+use crossbeam::queue::ArrayQueue;
+use parking_lot::Mutex;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct Context {
+    pub settings: Settings,
+    pub metrics: Arc<Metrics>,
+    pub cache: HostCache,
+    pub pool: Pool,
+    pub rqd: RqdClient,
+    /// Schema has `show.b_scheduler_managed`: only managed shows are touched.
+    pub managed_mode: bool,
+    bookers: ArrayQueue<Booker>,
+    /// Set when the process is asked to stop: no new passes, matchers finish their layer.
+    pub stop: AtomicBool,
+    /// After this instant, queued launches are compensated instead of sent.
+    pub drain_deadline: Mutex<Option<Instant>>,
+    /// Frames whose name or range cannot be prepared (§7.1 #23); never booked again by us.
+    pub unlaunchable: Mutex<HashSet<String>>,
+    pub db_reachable: AtomicBool,
+    pub clusters_loaded: AtomicBool,
+    pub frames_booked: AtomicU64,
+    pub frames_launched: AtomicU64,
+    pub frames_compensated: AtomicU64,
+}
+
+impl Context {
+    pub fn new(settings: Settings, metrics: Arc<Metrics>, pool: Pool, managed_mode: bool) -> Context {
+        let cache = HostCache::new(settings.cache.clone());
+        let rqd = RqdClient::new(settings.rqd_port, settings.rqd_timeout);
+        let bookers = ArrayQueue::new(settings.matcher_threads + settings.dispatch_threads + 2);
+        Context {
+            settings,
+            metrics,
+            cache,
+            pool,
+            rqd,
+            managed_mode,
+            bookers,
+            stop: AtomicBool::new(false),
+            drain_deadline: Mutex::new(None),
+            unlaunchable: Mutex::new(HashSet::new()),
+            db_reachable: AtomicBool::new(false),
+            clusters_loaded: AtomicBool::new(false),
+            frames_booked: AtomicU64::new(0),
+            frames_launched: AtomicU64::new(0),
+            frames_compensated: AtomicU64::new(0),
+        }
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Runs `f` with a booking connection from the bounded set (made on first use).
+    pub fn with_booker<T>(&self, f: impl FnOnce(&mut Booker) -> T) -> T {
+        let mut booker = self.bookers.pop().unwrap_or_else(|| Booker::new(self.settings.db.clone()));
+        let result = f(&mut booker);
+        let _ = self.bookers.push(booker);
+        result
+    }
+
+    pub fn mark_unlaunchable(&self, frame_id: &str) -> bool {
+        let mut set = self.unlaunchable.lock();
+        if set.len() >= limits::UNLAUNCHABLE_FRAMES_MAX {
+            set.clear();
+        }
+        set.insert(frame_id.to_string())
+    }
+
+    pub fn is_unlaunchable(&self, frame_id: &str) -> bool {
+        self.unlaunchable.lock().contains(frame_id)
+    }
+
+    pub fn count_error(&self, module: &str) {
+        self.metrics.errors_total.with_label_values(&[module]).inc();
+    }
+}

@@ -1,0 +1,134 @@
+//! Database plumbing: the r2d2 pool for occasional work, dedicated connections for the hot
+//! paths (fetcher, bookers) so their prepared statements live as long as the connection, and a
+//! typed error that keeps the SQLSTATE and the trigger message.
+
+use postgres::error::SqlState;
+use postgres::{Client, NoTls};
+use r2d2_postgres::PostgresConnectionManager;
+use std::fmt;
+use std::time::Duration;
+
+pub type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+pub type PooledClient = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
+
+/// Every database failure, with what we were doing when it happened.
+#[derive(Debug)]
+pub enum DbError {
+    Connect { context: &'static str, message: String },
+    Pool { context: &'static str, message: String },
+    Query { context: &'static str, source: postgres::Error },
+    /// A row the scheduler cannot use (NULL where Cuebot never writes one, out-of-range value).
+    BadRow { context: &'static str, message: String },
+}
+
+impl DbError {
+    pub fn query(context: &'static str) -> impl FnOnce(postgres::Error) -> DbError {
+        move |source| DbError::Query { context, source }
+    }
+
+    pub fn code(&self) -> Option<&SqlState> {
+        match self {
+            DbError::Query { source, .. } => source.code(),
+            _ => None,
+        }
+    }
+
+    /// The server's message text (trigger messages live here).
+    pub fn server_message(&self) -> Option<&str> {
+        match self {
+            DbError::Query { source, .. } => source.as_db_error().map(|e| e.message()),
+            _ => None,
+        }
+    }
+
+    /// Deadlock or serialization failure: worth a bounded retry.
+    pub fn is_transient(&self) -> bool {
+        matches!(self.code(), Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE)
+    }
+
+    /// The connection is gone; the holder must reconnect.
+    pub fn is_connection_lost(&self) -> bool {
+        match self {
+            DbError::Query { source, .. } => source.is_closed() || source.as_db_error().is_none() && source.code().is_none(),
+            DbError::Connect { .. } | DbError::Pool { .. } => true,
+            DbError::BadRow { .. } => false,
+        }
+    }
+}
+
+impl fmt::Display for DbError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DbError::Connect { context, message } => write!(f, "{context}: cannot connect to PostgreSQL: {message}"),
+            DbError::Pool { context, message } => write!(f, "{context}: no database connection: {message}"),
+            DbError::Query { context, source } => match source.as_db_error() {
+                Some(db) => write!(f, "{context}: {} (SQLSTATE {})", db.message(), db.code().code()),
+                None => write!(f, "{context}: {source}"),
+            },
+            DbError::BadRow { context, message } => write!(f, "{context}: unusable row: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for DbError {}
+
+/// Connection settings shared by the pool and the dedicated connections.
+#[derive(Clone)]
+pub struct DbSettings {
+    /// libpq key=value string; holds the password, so never logged.
+    pub connection_string: String,
+    /// `host:port/dbname`, safe to log.
+    pub display: String,
+    pub pool_size: u32,
+    pub connect_timeout: Duration,
+}
+
+impl fmt::Debug for DbSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DbSettings").field("display", &self.display).field("pool_size", &self.pool_size).finish()
+    }
+}
+
+fn pg_config(settings: &DbSettings) -> Result<postgres::Config, DbError> {
+    let mut config: postgres::Config = settings
+        .connection_string
+        .parse()
+        .map_err(|e: postgres::Error| DbError::Connect { context: "parse connection settings", message: e.to_string() })?;
+    config.connect_timeout(settings.connect_timeout);
+    config.application_name("cue-scheduler");
+    Ok(config)
+}
+
+pub fn connect(settings: &DbSettings, context: &'static str) -> Result<Client, DbError> {
+    pg_config(settings)?
+        .connect(NoTls)
+        .map_err(|e| DbError::Connect { context, message: format!("{} ({})", e, settings.display) })
+}
+
+pub fn pool(settings: &DbSettings) -> Result<Pool, DbError> {
+    let manager = PostgresConnectionManager::new(pg_config(settings)?, NoTls);
+    r2d2::Pool::builder()
+        .max_size(settings.pool_size)
+        .min_idle(Some(1))
+        .connection_timeout(Duration::from_secs(30))
+        .idle_timeout(Some(Duration::from_secs(30)))
+        .max_lifetime(Some(Duration::from_secs(3600)))
+        .build(manager)
+        .map_err(|e| DbError::Pool { context: "create connection pool", message: format!("{e} ({})", settings.display) })
+}
+
+pub fn get(pool: &Pool, context: &'static str) -> Result<PooledClient, DbError> {
+    pool.get().map_err(|e| DbError::Pool { context, message: e.to_string() })
+}
+
+/// Whether `table.column` exists (schema-dependent features such as `b_scheduler_managed`).
+pub fn column_exists(client: &mut Client, table: &str, column: &str) -> Result<bool, DbError> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name = $1 AND column_name = $2)",
+            &[&table, &column],
+        )
+        .map_err(DbError::query("check schema"))?;
+    Ok(row.get(0))
+}

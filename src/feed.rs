@@ -1,0 +1,383 @@
+//! The job-fetcher thread: round-robins the clusters, never emitting one that is in flight or
+//! asleep, runs one pending-work query per pass and hands the pass to the matchers over a
+//! bounded channel. It also reloads the cluster set, runs the awake scan that wakes clusters
+//! sleeping on "no work" as soon as work appears, and logs the heartbeat.
+
+use crate::clusters;
+use crate::context::Context;
+use crate::db::{self, DbError};
+use crate::model::Cluster;
+use crate::pass::{Pass, PassResult};
+use crate::queries;
+use crossbeam::channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender};
+use postgres::{Client, Statement};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// Sent back by a matcher when it finished a pass.
+pub struct PassDone {
+    pub cluster: Cluster,
+    pub result: PassResult,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SleepReason {
+    NoWork,
+    Saturated,
+}
+
+struct Slot {
+    cluster: Cluster,
+    in_flight: bool,
+    wake_at: Option<(Instant, SleepReason)>,
+    last_emitted: Option<Instant>,
+}
+
+/// The fetcher's own connection with the pass query prepared.
+struct FetchConnection {
+    client: Client,
+    pass: Statement,
+    awake: Statement,
+}
+
+/// Lists (show, tag) pairs with dispatchable work: the awake scan. A superset of the pass
+/// query's jobs, and it honours `ts_start_after` (upstream did not).
+fn awake_sql(managed_mode: bool) -> String {
+    let managed = if managed_mode { " AND s.b_scheduler_managed" } else { "" };
+    format!(
+        "SELECT DISTINCT j.pk_show::text, j.pk_facility::text, t.tag
+         FROM job j
+         JOIN show s ON s.pk_show = j.pk_show
+         JOIN layer l ON l.pk_job = j.pk_job
+         JOIN layer_stat ls ON ls.pk_layer = l.pk_layer
+         CROSS JOIN LATERAL unnest(string_to_array(replace(l.str_tags, ' ', ''), '|')) AS t(tag)
+         WHERE j.str_state = 'PENDING' AND NOT j.b_paused AND s.b_active{managed}
+           AND ls.int_waiting_count > 0
+           AND (l.ts_start_after IS NULL OR l.ts_start_after <= now())
+           AND EXISTS (SELECT 1 FROM subscription sub WHERE sub.pk_show = j.pk_show AND sub.int_burst > 0)"
+    )
+}
+
+impl FetchConnection {
+    fn open(ctx: &Context) -> Result<FetchConnection, DbError> {
+        let mut client = db::connect(&ctx.settings.db, "fetcher connection")?;
+        let pass = client.prepare(&queries::pass_sql(ctx.managed_mode)).map_err(DbError::query("prepare pass query"))?;
+        let awake = client.prepare(&awake_sql(ctx.managed_mode)).map_err(DbError::query("prepare awake scan"))?;
+        Ok(FetchConnection { client, pass, awake })
+    }
+}
+
+/// Loads the cluster set from the database under the configured selection.
+pub fn load_clusters(ctx: &Context, client: &mut Client, facility_id: Option<&str>) -> Result<Vec<Cluster>, String> {
+    let rows = queries::discover_cluster_rows(client, ctx.managed_mode, facility_id).map_err(|e| e.to_string())?;
+    clusters::build(&rows, &ctx.settings.selection).map_err(|e| e.to_string())
+}
+
+pub struct Feed<'a> {
+    ctx: &'a Context,
+    facility_id: Option<String>,
+    slots: Vec<Slot>,
+    next: usize,
+    connection: Option<FetchConnection>,
+    empty_passes: u64,
+    last_reload: Instant,
+    last_scan: Instant,
+    last_heartbeat: Instant,
+    passes: u64,
+}
+
+impl<'a> Feed<'a> {
+    pub fn new(ctx: &'a Context, facility_id: Option<String>, clusters: Vec<Cluster>) -> Feed<'a> {
+        let now = Instant::now();
+        let slots = clusters.into_iter().map(|cluster| Slot { cluster, in_flight: false, wake_at: None, last_emitted: None }).collect();
+        Feed {
+            ctx,
+            facility_id,
+            slots,
+            next: 0,
+            connection: None,
+            empty_passes: 0,
+            last_reload: now,
+            last_scan: now,
+            last_heartbeat: now,
+            passes: 0,
+        }
+    }
+
+    fn connection(&mut self) -> Result<&mut FetchConnection, DbError> {
+        if self.connection.as_ref().is_some_and(|c| c.client.is_closed()) {
+            self.connection = None;
+        }
+        if self.connection.is_none() {
+            self.connection = Some(FetchConnection::open(self.ctx)?);
+        }
+        self.connection.as_mut().ok_or(DbError::Connect { context: "fetcher connection", message: "unavailable".into() })
+    }
+
+    /// Runs until the context is stopped or the pass channel closes.
+    pub fn run(mut self, passes: Sender<Pass>, done: Receiver<PassDone>) {
+        info!("job fetcher started with {} clusters", self.slots.len());
+        while !self.ctx.stopping() {
+            self.settle(&done);
+            self.maintain();
+            let Some(index) = self.pick() else {
+                let wait = self.idle_wait();
+                match done.recv_timeout(wait) {
+                    Ok(finished) => self.finish(finished),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+                continue;
+            };
+            if let Some(pass) = self.fetch(index) {
+                if !self.send(&passes, pass) {
+                    break;
+                }
+            }
+        }
+        info!("job fetcher stopped after {} passes", self.passes);
+    }
+
+    fn settle(&mut self, done: &Receiver<PassDone>) {
+        while let Ok(finished) = done.try_recv() {
+            self.finish(finished);
+        }
+    }
+
+    fn finish(&mut self, finished: PassDone) {
+        let settings = &self.ctx.settings;
+        let Some(slot) = self.slots.iter_mut().find(|s| s.cluster == finished.cluster) else { return };
+        slot.in_flight = false;
+        let label = slot.cluster.kind.label();
+        self.ctx.metrics.frames_dispatched_per_pass.with_label_values(&[label]).observe(finished.result.frames_booked as f64);
+        let reason = if finished.result.subscription_full {
+            slot.wake_at = Some((Instant::now() + settings.cluster_empty_sleep, SleepReason::Saturated));
+            "saturated"
+        } else if finished.result.frames_booked == 0 {
+            slot.wake_at = Some((Instant::now() + settings.cluster_saturated_sleep, SleepReason::Saturated));
+            "saturated"
+        } else {
+            "booked"
+        };
+        self.ctx.metrics.pass_terminated_reason_total.with_label_values(&[reason]).inc();
+    }
+
+    /// Reload, awake scan, heartbeat and gauges, each when due.
+    fn maintain(&mut self) {
+        let now = Instant::now();
+        let settings = &self.ctx.settings;
+        if now.duration_since(self.last_reload) >= settings.cluster_reload_interval {
+            self.last_reload = now;
+            self.reload();
+        }
+        if now.duration_since(self.last_scan) >= settings.active_scan_interval {
+            self.last_scan = now;
+            self.awake_scan();
+        }
+        if now.duration_since(self.last_heartbeat) >= settings.monitor_interval {
+            self.last_heartbeat = now;
+            self.heartbeat();
+        }
+    }
+
+    fn reload(&mut self) {
+        let facility = self.facility_id.clone();
+        let ctx = self.ctx;
+        let loaded = match self.connection() {
+            Ok(conn) => load_clusters(ctx, &mut conn.client, facility.as_deref()),
+            Err(e) => Err(e.to_string()),
+        };
+        match loaded {
+            Err(e) => {
+                self.ctx.count_error("feed");
+                warn!("cluster reload failed, keeping the current set: {e}");
+            }
+            Ok(clusters) => {
+                let old: HashSet<&Cluster> = self.slots.iter().map(|s| &s.cluster).collect();
+                let new: HashSet<&Cluster> = clusters.iter().collect();
+                if old == new {
+                    return;
+                }
+                info!("cluster set changed: {} -> {} clusters", old.len(), new.len());
+                let mut previous: HashMap<Cluster, Slot> = self.slots.drain(..).map(|s| (s.cluster.clone(), s)).collect();
+                self.slots = clusters
+                    .into_iter()
+                    .map(|cluster| {
+                        previous.remove(&cluster).unwrap_or(Slot { cluster, in_flight: false, wake_at: None, last_emitted: None })
+                    })
+                    .collect();
+                self.next = 0;
+            }
+        }
+    }
+
+    fn awake_scan(&mut self) {
+        let started = Instant::now();
+        let rows = match self.connection() {
+            Ok(conn) => conn.client.query(&conn.awake, &[]).map_err(DbError::query("awake scan")),
+            Err(e) => Err(e),
+        };
+        self.ctx.metrics.active_scan_duration_seconds.observe(started.elapsed().as_secs_f64());
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => {
+                self.ctx.count_error("feed");
+                self.ctx.db_reachable.store(false, Ordering::Relaxed);
+                warn!("awake scan failed: {e}");
+                return;
+            }
+        };
+        self.ctx.metrics.active_tags.set(rows.len() as i64);
+        let mut with_work: HashSet<(String, String, String)> = HashSet::with_capacity(rows.len());
+        for row in &rows {
+            if let (Ok(show), Ok(facility), Ok(tag)) = (row.try_get(0), row.try_get(1), row.try_get(2)) {
+                with_work.insert((show, facility, tag));
+            }
+        }
+        for slot in &mut self.slots {
+            let has_work = slot.cluster.tags.iter().any(|tag| {
+                with_work.contains(&(slot.cluster.show_id.clone(), slot.cluster.facility_id.clone(), tag.clone()))
+            });
+            if has_work && matches!(slot.wake_at, Some((_, SleepReason::NoWork))) {
+                slot.wake_at = None;
+            }
+        }
+    }
+
+    fn heartbeat(&mut self) {
+        let now = Instant::now();
+        let sleeping = self.slots.iter().filter(|s| s.wake_at.is_some_and(|(t, _)| t > now)).count();
+        self.ctx.metrics.clusters_sleeping.set(sleeping as i64);
+        self.ctx.metrics.clusters_active.set((self.slots.len() - sleeping) as i64);
+        for kind in ["alloc", "manual", "hostname", "hardware"] {
+            let n = self.slots.iter().filter(|s| s.cluster.kind.label() == kind).count();
+            self.ctx.metrics.clusters_total.with_label_values(&[kind]).set(n as i64);
+        }
+        info!(
+            "heartbeat: {} clusters ({} asleep), {} passes, frames booked {}, launched {}, compensated {}, cached hosts {}",
+            self.slots.len(),
+            sleeping,
+            self.passes,
+            self.ctx.frames_booked.load(Ordering::Relaxed),
+            self.ctx.frames_launched.load(Ordering::Relaxed),
+            self.ctx.frames_compensated.load(Ordering::Relaxed),
+            self.ctx.cache.host_count()
+        );
+    }
+
+    /// The next cluster, round-robin, that is neither in flight nor asleep.
+    fn pick(&mut self) -> Option<usize> {
+        let now = Instant::now();
+        let n = self.slots.len();
+        for offset in 0..n {
+            let index = (self.next + offset) % n;
+            let slot = &mut self.slots[index];
+            if slot.in_flight {
+                continue;
+            }
+            match slot.wake_at {
+                Some((t, _)) if t > now => continue,
+                Some(_) => slot.wake_at = None,
+                None => {}
+            }
+            self.next = (index + 1) % n;
+            return Some(index);
+        }
+        None
+    }
+
+    /// How long to wait for a pass to finish when nothing can be emitted.
+    fn idle_wait(&self) -> Duration {
+        let now = Instant::now();
+        let earliest = self.slots.iter().filter(|s| !s.in_flight).filter_map(|s| s.wake_at.map(|(t, _)| t)).min();
+        let until_wake = earliest.map_or(Duration::from_millis(100), |t| t.saturating_duration_since(now));
+        let until_scan = self.ctx.settings.active_scan_interval.saturating_sub(now.duration_since(self.last_scan));
+        until_wake.min(until_scan).clamp(Duration::from_millis(1), Duration::from_millis(crate::limits::SHUTDOWN_POLL_MS))
+    }
+
+    fn fetch(&mut self, index: usize) -> Option<Pass> {
+        let cluster = self.slots[index].cluster.clone();
+        let settings = &self.ctx.settings;
+        let (jobs_max, frames_max) = (settings.jobs_per_pass as i64, settings.frames_per_layer as i64);
+        let started = Instant::now();
+        let result = match self.connection() {
+            Ok(conn) => queries::fetch_pass(&mut conn.client, &conn.pass, &cluster, jobs_max, frames_max),
+            Err(e) => Err(e),
+        };
+        let ctx = self.ctx;
+        ctx.metrics.job_query_duration_seconds.observe(started.elapsed().as_secs_f64());
+        self.passes += 1;
+        let now = Instant::now();
+        let slot = &mut self.slots[index];
+        if let Some(previous) = slot.last_emitted.replace(now) {
+            ctx.metrics.cluster_round_trip_seconds.with_label_values(&[cluster.kind.label()]).observe(now.duration_since(previous).as_secs_f64());
+        }
+        let work = match result {
+            Ok(work) => work,
+            Err(e) => {
+                ctx.count_error("feed");
+                ctx.db_reachable.store(!e.is_connection_lost(), Ordering::Relaxed);
+                if e.is_connection_lost() {
+                    self.connection = None;
+                }
+                error!("cluster {cluster}: pending-work query failed, cluster sleeps {:?}: {e}", ctx.settings.cluster_empty_sleep);
+                slot.wake_at = Some((now + ctx.settings.cluster_empty_sleep, SleepReason::NoWork));
+                ctx.metrics.pass_terminated_reason_total.with_label_values(&["query_error"]).inc();
+                return None;
+            }
+        };
+        ctx.db_reachable.store(true, Ordering::Relaxed);
+        let jobs = count_jobs(&work);
+        ctx.metrics.jobs_queried_total.inc_by(jobs as u64);
+        if work.is_empty() {
+            slot.wake_at = Some((now + ctx.settings.cluster_empty_sleep, SleepReason::NoWork));
+            ctx.metrics.pass_terminated_reason_total.with_label_values(&["no_jobs"]).inc();
+            ctx.metrics.frames_dispatched_per_pass.with_label_values(&[cluster.kind.label()]).observe(0.0);
+            self.empty_passes += 1;
+            if let Some(limit) = ctx.settings.empty_job_cycles_before_quitting {
+                if self.empty_passes >= limit {
+                    info!("{} consecutive passes found no jobs (empty_job_cycles_before_quitting); stopping", self.empty_passes);
+                    ctx.stop.store(true, Ordering::SeqCst);
+                }
+            }
+            return None;
+        }
+        self.empty_passes = 0;
+        slot.in_flight = true;
+        debug!("cluster {cluster}: {jobs} jobs, {} layers to match", work.len());
+        Some(Pass { cluster, work, fetched_at: started })
+    }
+
+    /// Blocks while the matchers are busy, waking to notice a stop.
+    fn send(&mut self, passes: &Sender<Pass>, mut pass: Pass) -> bool {
+        loop {
+            match passes.send_timeout(pass, Duration::from_millis(crate::limits::SHUTDOWN_POLL_MS)) {
+                Ok(()) => return true,
+                Err(SendTimeoutError::Disconnected(_)) => return false,
+                Err(SendTimeoutError::Timeout(back)) => {
+                    if self.ctx.stopping() {
+                        let cluster = back.cluster.clone();
+                        if let Some(slot) = self.slots.iter_mut().find(|s| s.cluster == cluster) {
+                            slot.in_flight = false;
+                        }
+                        return false;
+                    }
+                    pass = back;
+                }
+            }
+        }
+    }
+}
+
+fn count_jobs(work: &[crate::model::LayerWork]) -> usize {
+    let mut jobs = 0;
+    let mut last: Option<&str> = None;
+    for w in work {
+        if last != Some(w.job.id.as_str()) {
+            jobs += 1;
+            last = Some(w.job.id.as_str());
+        }
+    }
+    jobs
+}

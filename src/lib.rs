@@ -1,0 +1,33 @@
+//! cue-scheduler: books WAITING frames of a Cuebot database onto hosts and launches them on
+//! RQD. See README.md, section Architecture, for the data flow and the invariants.
+
+#[allow(renamed_and_removed_lints, unused_parens, mismatched_lifetime_syntaxes, clippy::all)]
+pub mod protos {
+    include!(concat!(env!("OUT_DIR"), "/protos/mod.rs"));
+}
+
+#[macro_use]
+pub mod logging;
+pub mod booking;
+pub mod clusters;
+pub mod db;
+pub mod frameset;
+pub mod host_cache;
+pub mod limits;
+pub mod matcher;
+pub mod metrics;
+pub mod model;
+pub mod queries;
+pub mod rqd;
+pub mod signals;
+pub mod config;
+pub mod context;
+pub mod dispatch;
+pub mod feed;
+pub mod http;
+pub mod pass;
+pub mod pipeline;
+pub mod settings;
+pub mod cli;
+pub mod explain;
+pub mod sim;

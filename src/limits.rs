@@ -1,0 +1,58 @@
+//! Every fixed bound of the process, in one place, with its unit last in its name.
+//!
+//! Configurable limits live in `config.rs`; these are the ones an operator should never need to
+//! touch. Each says why it has its value.
+
+use std::time::Duration;
+
+/// Cluster passes queued between the job fetcher and the matchers. Small: a pass is a snapshot
+/// of the database and goes stale while it waits.
+pub const PASS_CHANNEL_CAPACITY: usize = 16;
+
+/// Booked frames waiting for an RQD launch. One host batch is at most
+/// `dispatch_frames_per_layer_limit` frames, so this holds a few dozen batches.
+pub const LAUNCH_CHANNEL_CAPACITY: usize = 1024;
+
+/// Attempts of one booking transaction when PostgreSQL reports a deadlock (40P01) or a
+/// serialization failure (40001). Both are transient; a third loss means heavy contention and
+/// the frames simply wait for the next pass.
+pub const BOOKING_ATTEMPTS_MAX: u32 = 3;
+
+/// Pause between booking attempts after a deadlock; long enough for the winner to commit.
+pub const BOOKING_RETRY_PAUSE_MS: u64 = 5;
+
+/// LaunchFrame attempts: the first, plus one retry on UNAVAILABLE (DECISIONS.md #3).
+pub const LAUNCH_ATTEMPTS_MAX: u32 = 2;
+
+/// Deadline of the best-effort KillRunningFrame sent after a failed launch.
+pub const KILL_TIMEOUT_MS: u64 = 2_000;
+
+/// How long a shutdown waits for queued launches before compensating what is left.
+pub const SHUTDOWN_DRAIN_TIMEOUT_MS: u64 = 20_000;
+
+/// Waiting frames fetched per layer are also bounded by config; this bounds the config value.
+pub const FRAMES_PER_LAYER_MAX: usize = 1_000;
+
+/// Hosts remembered as "backed off" after an RQD failure; the oldest entries are dropped first.
+pub const BACKED_OFF_HOSTS_MAX: usize = 100_000;
+
+/// Frames remembered as unlaunchable (bad name or range) by this process.
+pub const UNLAUNCHABLE_FRAMES_MAX: usize = 100_000;
+
+/// Cached gRPC channels, one per RQD host name.
+pub const RQD_CHANNELS_MAX: usize = 4_096;
+
+/// The metrics/health HTTP server: threads answering requests, bytes of a request we read.
+pub const HTTP_THREADS: usize = 2;
+pub const HTTP_REQUEST_BYTES_MAX: usize = 8 * 1024;
+pub const HTTP_RESPONSE_TIMEOUT_MS: u64 = 5_000;
+
+/// Granularity of every sleep that must notice a shutdown request.
+pub const SHUTDOWN_POLL_MS: u64 = 50;
+
+/// Checked-out hosts not checked back in within this time are given back by the cache anyway
+/// (a matcher that panicked). The configured `checkout_timeout` is normally shorter.
+pub const CHECKOUT_LEAK_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Frames that may be reported in one `explain` layer section.
+pub const EXPLAIN_HOSTS_SHOWN_MAX: usize = 5;

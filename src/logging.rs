@@ -1,0 +1,148 @@
+//! One line per event: UTC time, level, thread name, message. Written to stderr or to a file
+//! (`logging.file_appender`). The level can be changed at run time (SIGUSR1, SIGHUP).
+//!
+//! Deliberately tiny: the process logs events, not traces, and must not pull in a framework.
+
+use parking_lot::Mutex;
+use std::fmt::Arguments;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Error = 1,
+    Warn = 2,
+    Info = 3,
+    Debug = 4,
+}
+
+static LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
+static SINK: Mutex<Option<File>> = Mutex::new(None);
+
+/// Reads the level out of an upstream-style filter (`info,sqlx=warn`, `debug:sqlx=info`): the
+/// first bare directive wins; anything unrecognised means info.
+pub fn level_from_filter(filter: &str) -> Level {
+    let first = filter.split([',', ':']).next().unwrap_or("").trim().to_ascii_lowercase();
+    match first.as_str() {
+        "error" => Level::Error,
+        "warn" | "warning" => Level::Warn,
+        "debug" | "trace" => Level::Debug,
+        _ => Level::Info,
+    }
+}
+
+pub fn set_level(level: Level) {
+    LEVEL.store(level as u8, Ordering::Relaxed);
+}
+
+pub fn level() -> Level {
+    match LEVEL.load(Ordering::Relaxed) {
+        1 => Level::Error,
+        2 => Level::Warn,
+        4 => Level::Debug,
+        _ => Level::Info,
+    }
+}
+
+pub fn enabled(level: Level) -> bool {
+    level as u8 <= LEVEL.load(Ordering::Relaxed)
+}
+
+/// Sends log lines to `path` (appending) instead of stderr.
+pub fn log_to_file(path: &str) -> std::io::Result<()> {
+    let file = OpenOptions::new().create(true).append(true).open(path)?;
+    *SINK.lock() = Some(file);
+    Ok(())
+}
+
+/// Formats seconds since the epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC, proleptic Gregorian).
+pub fn format_utc(since_epoch: std::time::Duration) -> String {
+    let secs = since_epoch.as_secs() as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        since_epoch.subsec_millis()
+    )
+}
+
+pub fn write(level: Level, args: Arguments) {
+    if !enabled(level) {
+        return;
+    }
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let thread = std::thread::current();
+    let name = thread.name().unwrap_or("unnamed");
+    let tag = match level {
+        Level::Error => "ERROR",
+        Level::Warn => "WARN ",
+        Level::Info => "INFO ",
+        Level::Debug => "DEBUG",
+    };
+    let line = format!("{} {tag} [{name}] {args}\n", format_utc(now));
+    let mut sink = SINK.lock();
+    match sink.as_mut() {
+        Some(file) => {
+            let _ = file.write_all(line.as_bytes());
+        }
+        None => {
+            let _ = std::io::stderr().write_all(line.as_bytes());
+        }
+    }
+}
+
+#[macro_export]
+macro_rules! error { ($($t:tt)*) => { $crate::logging::write($crate::logging::Level::Error, format_args!($($t)*)) } }
+#[macro_export]
+macro_rules! warn { ($($t:tt)*) => { $crate::logging::write($crate::logging::Level::Warn, format_args!($($t)*)) } }
+#[macro_export]
+macro_rules! info { ($($t:tt)*) => { $crate::logging::write($crate::logging::Level::Info, format_args!($($t)*)) } }
+#[macro_export]
+macro_rules! debug { ($($t:tt)*) => { if $crate::logging::enabled($crate::logging::Level::Debug) { $crate::logging::write($crate::logging::Level::Debug, format_args!($($t)*)) } } }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn utc_formatting_matches_known_instants() {
+        let cases = [
+            (0, "1970-01-01T00:00:00.000Z"),
+            (951_782_400, "2000-02-29T00:00:00.000Z"),
+            (1_795_823_999, "2026-11-27T23:59:59.000Z"),
+        ];
+        for (secs, want) in cases {
+            assert_eq!(format_utc(Duration::from_secs(secs)), want, "{secs}");
+        }
+    }
+
+    #[test]
+    fn level_is_read_from_upstream_filters() {
+        let cases = [
+            ("info,sqlx=warn", Level::Info),
+            ("debug:sqlx=info", Level::Debug),
+            ("warn", Level::Warn),
+            ("error,x=debug", Level::Error),
+            ("nonsense", Level::Info),
+        ];
+        for (filter, want) in cases {
+            assert_eq!(level_from_filter(filter), want, "{filter}");
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! The `cue-scheduler` binary: parse flags, load configuration, run the pipeline until a
+//! signal or the quit condition, shut down in order. Exit codes: 0 normal stop, 1 operating
+//! error at start-up (database unreachable, unknown facility), 2 bad flag or configuration.
+
+use cue_scheduler::cli::{self, Cli, Command};
+use cue_scheduler::config::{AllocTag, Config};
+use cue_scheduler::metrics::Metrics;
+use cue_scheduler::pipeline::Pipeline;
+use cue_scheduler::settings::Settings;
+use cue_scheduler::{error, info, logging, signals, warn};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+const GIT_HASH: &str = env!("CUE_SCHEDULER_GIT_HASH");
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cli = match cli::parse("cue-scheduler", &args) {
+        Ok(cli) => cli,
+        Err((message, code)) => {
+            if code == 0 {
+                println!("{message}");
+            } else {
+                eprintln!("{message}");
+            }
+            return ExitCode::from(code as u8);
+        }
+    };
+    if cli.version {
+        println!("cue-scheduler {VERSION} ({GIT_HASH})");
+        return ExitCode::SUCCESS;
+    }
+    let config = match load_config(&cli) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("cue-scheduler: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    logging::set_level(logging::level_from_filter(&config.logging.level));
+    if config.logging.file_appender {
+        if let Err(e) = logging::log_to_file(&config.logging.path) {
+            eprintln!("cue-scheduler: cannot open log file {}: {e}", config.logging.path);
+            return ExitCode::from(2);
+        }
+    }
+    for warning in &config.warnings {
+        warn!("configuration: {warning}");
+    }
+    match cli.command {
+        Some(Command::Explain(args)) => cue_scheduler_explain(&config, &args),
+        None => run(&config),
+    }
+}
+
+fn cue_scheduler_explain(config: &Config, args: &cli::ExplainArgs) -> ExitCode {
+    match cue_scheduler::explain::run(config, args) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cue-scheduler explain: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Configuration file, environment, then flags.
+fn load_config(cli: &Cli) -> Result<Config, String> {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let (mut config, path) = Config::load(cli.config.as_deref().map(Path::new), &env).map_err(|e| e.to_string())?;
+    if let Some(path) = path {
+        eprintln!("cue-scheduler: configuration from {}", path.display());
+    }
+    if let Some(facility) = &cli.facility {
+        config.scheduler.facility = Some(facility.clone());
+    }
+    let alloc = cli::split_list(&cli.alloc_tags);
+    if !alloc.is_empty() {
+        config.scheduler.alloc_tags = alloc
+            .iter()
+            .map(|entry| entry.parse::<AllocTag>().map_err(|e| format!("--alloc_tags: {e}")))
+            .collect::<Result<_, _>>()?;
+    }
+    let manual = cli::split_list(&cli.manual_tags);
+    if !manual.is_empty() {
+        config.scheduler.manual_tags = manual;
+    }
+    let ignore = cli::split_list(&cli.ignore_tags);
+    if !ignore.is_empty() {
+        config.scheduler.ignore_tags = ignore;
+    }
+    if cli.dry_run {
+        config.rqd.dry_run_mode = true;
+    }
+    config.validate().map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
+fn run(config: &Config) -> ExitCode {
+    let settings = match Settings::from_config(config) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("cue-scheduler: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = signals::install() {
+        error!("cannot install signal handlers: {e}");
+        return ExitCode::from(1);
+    }
+    info!("cue-scheduler {VERSION} ({GIT_HASH}) starting against {}{}", settings.db.display, if settings.dry_run { " in dry-run mode" } else { "" });
+    let drain = settings.shutdown_drain_timeout;
+    let pipeline = match Pipeline::start(settings, Arc::new(Metrics::new())) {
+        Ok(pipeline) => pipeline,
+        Err(e) => {
+            error!("cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(port) = pipeline.metrics_port {
+        info!("metrics on http://0.0.0.0:{port}/metrics");
+    }
+    let mut debug_on = logging::level() == logging::Level::Debug;
+    loop {
+        std::thread::sleep(Duration::from_millis(cue_scheduler::limits::SHUTDOWN_POLL_MS));
+        if signals::terminate_requested() {
+            info!("termination signal received");
+            break;
+        }
+        if pipeline.stopping() {
+            break;
+        }
+        if signals::take_toggle_debug() {
+            debug_on = !debug_on;
+            logging::set_level(if debug_on { logging::Level::Debug } else { logging::Level::Info });
+            info!("debug logging {}", if debug_on { "on" } else { "off" });
+        }
+        if signals::take_reload() {
+            reload(config);
+        }
+    }
+    pipeline.shutdown(drain);
+    ExitCode::SUCCESS
+}
+
+/// SIGHUP: re-reads the configuration and applies the log level; reports other changes.
+fn reload(current: &Config) {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    match Config::load(None, &env) {
+        Err(e) => warn!("SIGHUP: configuration not reloaded: {e}"),
+        Ok((new, _)) => {
+            if new.logging.level != current.logging.level {
+                logging::set_level(logging::level_from_filter(&new.logging.level));
+                info!("SIGHUP: logging.level {} -> {}", current.logging.level, new.logging.level);
+            } else {
+                info!("SIGHUP: configuration re-read; logging level unchanged");
+            }
+        }
+    }
+}

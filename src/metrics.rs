@@ -1,0 +1,122 @@
+//! Prometheus metrics with upstream's names, types, labels and buckets (scheduler-behaviour.md
+//! §6.2), counted without upstream's double counting (§6.3). Additions carry new names.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub jobs_queried_total: IntCounter,
+    pub jobs_processed_total: IntCounterVec,
+    pub frames_dispatched_total: IntCounterVec,
+    pub no_candidate_iterations_total: IntCounter,
+    pub candidates_per_layer: Histogram,
+    pub time_to_book_seconds: Histogram,
+    pub job_query_duration_seconds: Histogram,
+    pub accounting_limit_exceeded_total: IntCounterVec,
+    pub job_cap_precheck_skip_total: IntCounter,
+    pub cluster_round_trip_seconds: HistogramVec,
+    pub clusters_total: IntGaugeVec,
+    pub clusters_active: IntGauge,
+    pub clusters_sleeping: IntGauge,
+    pub active_tags: IntGauge,
+    pub active_scan_duration_seconds: Histogram,
+    pub frames_dispatched_per_pass: HistogramVec,
+    pub pass_terminated_reason_total: IntCounterVec,
+    pub checkout_outcome_total: IntCounterVec,
+    pub placement_score_chosen: Histogram,
+    pub placement_inner_retries_exhausted_total: IntCounter,
+    // Additions (not upstream names).
+    pub booking_conflicts_total: IntCounterVec,
+    pub launch_failures_total: IntCounterVec,
+    pub compensations_total: IntCounter,
+    pub errors_total: IntCounterVec,
+    pub host_attempts_total: IntCounter,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let metric = IntCounter::new(name, help).expect("static metric definition");
+    registry.register(Box::new(metric.clone())).expect("unique metric name");
+    metric
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    registry.register(Box::new(metric.clone())).expect("unique metric name");
+    metric
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    let metric = Histogram::with_opts(opts).expect("static metric definition");
+    registry.register(Box::new(metric.clone())).expect("unique metric name");
+    metric
+}
+
+fn histogram_vec(registry: &Registry, name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    let metric = HistogramVec::new(opts, labels).expect("static metric definition");
+    registry.register(Box::new(metric.clone())).expect("unique metric name");
+    metric
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let metric = IntGauge::new(name, help).expect("static metric definition");
+    registry.register(Box::new(metric.clone())).expect("unique metric name");
+    metric
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let clusters_total = IntGaugeVec::new(
+            Opts::new("scheduler_clusters_total", "Clusters in the full set, by type"),
+            &["cluster_type"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(clusters_total.clone())).expect("unique metric name");
+        Metrics {
+            jobs_queried_total: counter(&r, "scheduler_jobs_queried_total", "Jobs returned by pending-job queries"),
+            jobs_processed_total: counter_vec(&r, "scheduler_jobs_processed_total", "Jobs handed to the matcher", &["show_name"]),
+            frames_dispatched_total: counter_vec(&r, "scheduler_frames_dispatched_total", "Frames booked and launched by this process (dry run counts)", &["show_name"]),
+            no_candidate_iterations_total: counter(&r, "scheduler_no_candidate_iterations_total", "Layer host searches that found no candidate host"),
+            candidates_per_layer: histogram(&r, "scheduler_candidates_per_layer", "Host attempts a layer took until all its fetched frames were booked", &[1.0, 5.0, 10.0, 20.0, 50.0, 100.0]),
+            time_to_book_seconds: histogram(&r, "scheduler_time_to_book_seconds", "Per booked frame: booking time minus frame.ts_updated (the frame's last update, not its creation)", &[0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0]),
+            job_query_duration_seconds: histogram(&r, "scheduler_job_query_duration_seconds", "Duration of each pending-work query", &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0]),
+            accounting_limit_exceeded_total: counter_vec(&r, "scheduler_accounting_limit_exceeded_total", "Bookings refused by a cap, and subscription pre-check skips", &["table"]),
+            job_cap_precheck_skip_total: counter(&r, "scheduler_job_cap_precheck_skip_total", "Layers skipped because their job was at its core cap"),
+            cluster_round_trip_seconds: histogram_vec(&r, "scheduler_cluster_round_trip_seconds", "Time between two emissions of the same cluster", &["cluster_type"], &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]),
+            clusters_total,
+            clusters_active: gauge(&r, "scheduler_clusters_active", "Clusters in the awake set"),
+            clusters_sleeping: gauge(&r, "scheduler_clusters_sleeping", "Clusters whose wake time is in the future"),
+            active_tags: gauge(&r, "scheduler_active_tags", "Rows returned by the last awake scan"),
+            active_scan_duration_seconds: histogram(&r, "scheduler_active_scan_duration_seconds", "Duration of each awake scan", &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0]),
+            frames_dispatched_per_pass: histogram_vec(&r, "scheduler_frames_dispatched_per_pass", "Frames this process booked in one cluster pass", &["cluster_type"], &[0.0, 1.0, 5.0, 10.0, 20.0, 50.0, 100.0, 250.0, 500.0]),
+            pass_terminated_reason_total: counter_vec(&r, "scheduler_pass_terminated_reason_total", "Cluster passes by how they ended", &["reason"]),
+            checkout_outcome_total: counter_vec(&r, "scheduler_checkout_outcome_total", "Host attempts by outcome (exactly one per attempt)", &["outcome"]),
+            placement_score_chosen: histogram(&r, "scheduler_placement_score_chosen", "E-PVM score of the chosen host", &[0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 1000.0]),
+            placement_inner_retries_exhausted_total: counter(&r, "scheduler_placement_inner_retries_exhausted_total", "E-PVM searches that lost every compare-and-remove"),
+            booking_conflicts_total: counter_vec(&r, "scheduler_booking_conflicts_total", "Frames or hosts lost to another booker or a guard, by reason (addition)", &["reason"]),
+            launch_failures_total: counter_vec(&r, "scheduler_launch_failures_total", "Failed RQD launches, by gRPC status (addition)", &["status"]),
+            compensations_total: counter(&r, "scheduler_compensations_total", "Bookings undone after a failed or abandoned launch (addition)"),
+            errors_total: counter_vec(&r, "scheduler_errors_total", "Operating errors by module (addition)", &["module"]),
+            host_attempts_total: counter(&r, "scheduler_host_attempts_total", "Host attempts made by the matcher (addition)"),
+            registry: r,
+        }
+    }
+
+    /// Prometheus text exposition of every registered metric.
+    pub fn encode(&self) -> Result<String, prometheus::Error> {
+        let mut buffer = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
+        String::from_utf8(buffer).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

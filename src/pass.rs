@@ -1,0 +1,409 @@
+//! One cluster pass through the matcher: jobs in parallel on the matcher pool, the layers of a
+//! job in order, and for each layer the bounded host loop of scheduler-behaviour.md §3.8:
+//! check out a host, plan as many frames as fit, book them in one guarded transaction, check
+//! the host back in with the values the database returned, and queue the launches.
+
+use crate::booking::{BatchPlan, BookOutcome, Cap, PlannedFrame};
+use crate::context::Context;
+use crate::db;
+use crate::frameset::{self, PreparedCommand, TokenInput};
+use crate::host_cache::{GroupKey, Search};
+use crate::matcher::{self, ScoreCaps};
+use crate::model::{Cluster, ClusterKind, Frame, Host, LayerWork, CORE_UNITS_PER_CORE};
+use crate::queries::{self, read_host_row, HostRow};
+use crate::rqd::{build_run_frame, Reservation};
+use crate::protos::rqd::RunFrame;
+use crate::host_cache::HostId;
+use crossbeam::channel::Sender;
+use rayon::prelude::*;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A booked frame on its way to RQD.
+pub struct Launch {
+    pub host_id: HostId,
+    pub host_name: String,
+    pub show_name: String,
+    pub frame_id: String,
+    pub frame_name: String,
+    /// `int_version` after the booking.
+    pub version: i32,
+    pub proc_id: String,
+    pub run_frame: RunFrame,
+}
+
+/// A pass handed from the fetcher to a matcher.
+pub struct Pass {
+    pub cluster: Cluster,
+    pub work: Vec<LayerWork>,
+    pub fetched_at: Instant,
+}
+
+/// What a pass achieved.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PassResult {
+    pub frames_booked: u64,
+    /// A cap of the cluster's allocation was hit: the cluster should sleep.
+    pub subscription_full: bool,
+}
+
+impl std::ops::Add for PassResult {
+    type Output = PassResult;
+    fn add(self, other: PassResult) -> PassResult {
+        PassResult {
+            frames_booked: self.frames_booked + other.frames_booked,
+            subscription_full: self.subscription_full || other.subscription_full,
+        }
+    }
+}
+
+/// Processes a pass: jobs in parallel on the current rayon pool.
+pub fn run_pass(ctx: &Context, pass: &Pass, launches: &Sender<Launch>) -> PassResult {
+    let mut jobs: Vec<&[LayerWork]> = Vec::new();
+    let mut start = 0;
+    for i in 1..=pass.work.len() {
+        if i == pass.work.len() || pass.work[i].job.id != pass.work[start].job.id {
+            jobs.push(&pass.work[start..i]);
+            start = i;
+        }
+    }
+    jobs.par_iter()
+        .map(|layers| run_job(ctx, pass, layers, launches))
+        .reduce(PassResult::default, |a, b| a + b)
+}
+
+/// Minimum core units one frame of the layer can reserve anywhere.
+fn min_frame_units(work: &LayerWork) -> i64 {
+    if work.layer.threadable && work.layer.cores_min > CORE_UNITS_PER_CORE {
+        work.layer.cores_min
+    } else {
+        CORE_UNITS_PER_CORE
+    }
+}
+
+fn run_job(ctx: &Context, pass: &Pass, layers: &[LayerWork], launches: &Sender<Launch>) -> PassResult {
+    let Some(first) = layers.first() else { return PassResult::default() };
+    let job = Arc::clone(&first.job);
+    ctx.metrics.jobs_processed_total.with_label_values(&[&pass.cluster.show_name]).inc();
+    // DECISIONS.md #5: the layer whose next frame comes first goes first.
+    let mut ordered: Vec<&LayerWork> = layers.iter().collect();
+    ordered.sort_by_key(|w| (w.frames.first().map_or(i64::MAX, |f| f.dispatch_order), w.layer.dispatch_order));
+    // §3.3 job cap: a running sum over all candidate frames, before the per-layer cut.
+    let mut budget_sum = job.cores_in_use;
+    let mut result = PassResult::default();
+    let mut job_booked_units = 0i64;
+    for work in ordered {
+        if ctx.stopping() {
+            break;
+        }
+        let unit = min_frame_units(work);
+        let mut frames: Vec<Frame> = Vec::new();
+        for frame in &work.frames {
+            if job.max_cores > 0 && budget_sum + unit > job.max_cores {
+                break;
+            }
+            budget_sum += unit;
+            frames.push(frame.clone());
+        }
+        let outcome = run_layer(ctx, pass, work, frames, &mut job_booked_units, launches);
+        result = result + outcome.result;
+        if outcome.stop_job {
+            break;
+        }
+    }
+    result
+}
+
+struct LayerOutcome {
+    result: PassResult,
+    stop_job: bool,
+}
+
+/// Prepares commands; frames whose name or range cannot be used are dropped for good.
+fn prepare(ctx: &Context, work: &LayerWork, frames: Vec<Frame>) -> Vec<(Frame, PreparedCommand)> {
+    let mut ready = Vec::with_capacity(frames.len());
+    for frame in frames {
+        if ctx.is_unlaunchable(&frame.id) {
+            continue;
+        }
+        let input = TokenInput {
+            command: &work.layer.command,
+            range: &work.layer.range,
+            chunk_size: work.layer.chunk_size,
+            frame_name: &frame.name,
+            layer_name: &work.layer.name,
+            job_name: &work.job.name,
+        };
+        match frameset::prepare_command(&input) {
+            Ok(command) => ready.push((frame, command)),
+            Err(e) => {
+                if ctx.mark_unlaunchable(&frame.id) {
+                    warn!(
+                        "frame {} ({}) of job {} layer {} cannot be launched and is left WAITING: {e}",
+                        frame.name, frame.id, work.job.name, work.layer.name
+                    );
+                    ctx.count_error("prepare");
+                }
+            }
+        }
+    }
+    ready
+}
+
+/// Host groups to probe for a layer: the cluster's tags that the layer also carries.
+fn group_keys(cluster: &Cluster, work: &LayerWork) -> Vec<GroupKey> {
+    let mut keys: Vec<GroupKey> = cluster
+        .tags
+        .iter()
+        .filter(|tag| work.layer.tags.iter().any(|t| t == *tag))
+        .map(|tag| GroupKey { facility_id: cluster.facility_id.clone(), show_id: cluster.show_id.clone(), tag: tag.clone() })
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// Fetches absent or expired groups from the database into the cache.
+pub fn ensure_groups(ctx: &Context, keys: &[GroupKey]) -> Result<(), db::DbError> {
+    let missing = ctx.cache.groups_to_fetch(keys);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut client = db::get(&ctx.pool, "fetch host group")?;
+    for key in missing {
+        let rows = fetch_group(&mut client, &key)?;
+        ctx.cache.apply_group(&key, rows);
+    }
+    Ok(())
+}
+
+pub fn fetch_group(client: &mut postgres::Client, key: &GroupKey) -> Result<Vec<HostRow>, db::DbError> {
+    let rows = client
+        .query(queries::GROUP_HOSTS_SQL, &[&key.facility_id, &key.show_id, &key.tag])
+        .map_err(db::DbError::query("fetch host group"))?;
+    rows.iter().map(read_host_row).collect()
+}
+
+fn run_layer(
+    ctx: &Context,
+    pass: &Pass,
+    work: &LayerWork,
+    frames: Vec<Frame>,
+    job_booked_units: &mut i64,
+    launches: &Sender<Launch>,
+) -> LayerOutcome {
+    let mut outcome = LayerOutcome { result: PassResult::default(), stop_job: false };
+    let job = &work.job;
+    let layer = &work.layer;
+    // §3.8 pre-check: job at cap.
+    if job.max_cores > 0 && job.cores_in_use + *job_booked_units + min_frame_units(work) > job.max_cores {
+        ctx.metrics.job_cap_precheck_skip_total.inc();
+        outcome.stop_job = true;
+        return outcome;
+    }
+    let mut frames = prepare(ctx, work, frames);
+    if frames.is_empty() {
+        return outcome;
+    }
+    let keys = group_keys(&pass.cluster, work);
+    if keys.is_empty() {
+        warn!("layer {} of job {} shares no tag with cluster {}; skipped", layer.name, job.name, pass.cluster);
+        return outcome;
+    }
+    if let Err(e) = ensure_groups(ctx, &keys) {
+        error!("cluster {}: cannot read hosts for layer {} of job {}: {e}", pass.cluster, layer.name, job.name);
+        ctx.count_error("host_cache");
+        return outcome;
+    }
+    let strategy = &ctx.settings.strategy;
+    let mut attempts = 0usize;
+    while !frames.is_empty() && attempts < ctx.settings.attempts_per_layer && !ctx.stopping() {
+        attempts += 1;
+        ctx.metrics.host_attempts_total.inc();
+        let caps = ScoreCaps {
+            job_max_cores: job.max_cores,
+            job_cores_in_use: job.cores_in_use + *job_booked_units,
+            ..ScoreCaps::default()
+        };
+        let search = Search { layer, job_os: job.os.as_deref(), caps };
+        let Some(checkout) = ctx.cache.checkout(&keys, &search, strategy) else {
+            ctx.metrics.checkout_outcome_total.with_label_values(&["no_match"]).inc();
+            ctx.metrics.no_candidate_iterations_total.inc();
+            break;
+        };
+        if let Some(score) = checkout.score {
+            ctx.metrics.placement_score_chosen.observe(score);
+        }
+        let step = book_on_host(ctx, pass, work, &checkout.host, &mut frames, job_booked_units, launches);
+        ctx.metrics.checkout_outcome_total.with_label_values(&[step.outcome_label]).inc();
+        outcome.result.frames_booked += step.booked;
+        if step.subscription_full {
+            outcome.result.subscription_full = pass.cluster.kind == ClusterKind::Alloc;
+            break;
+        }
+        if step.stop_job {
+            outcome.stop_job = true;
+            break;
+        }
+        if step.stop_layer {
+            break;
+        }
+    }
+    if frames.is_empty() {
+        ctx.metrics.candidates_per_layer.observe(attempts as f64);
+    }
+    outcome
+}
+
+struct HostStep {
+    booked: u64,
+    outcome_label: &'static str,
+    subscription_full: bool,
+    stop_job: bool,
+    stop_layer: bool,
+}
+
+/// Plans, books and queues frames of one layer on one checked-out host.
+fn book_on_host(
+    ctx: &Context,
+    pass: &Pass,
+    work: &LayerWork,
+    host: &Host,
+    frames: &mut Vec<(Frame, PreparedCommand)>,
+    job_booked_units: &mut i64,
+    launches: &Sender<Launch>,
+) -> HostStep {
+    let mut step = HostStep { booked: 0, outcome_label: "no_progress", subscription_full: false, stop_job: false, stop_layer: false };
+    let job = &work.job;
+    let layer = &work.layer;
+    let mut simulated = host.clone();
+    let mut remaining_units = (job.max_cores > 0).then(|| job.max_cores - job.cores_in_use - *job_booked_units);
+    let mut planned = Vec::new();
+    for (frame, _) in frames.iter().take(ctx.settings.frames_per_layer) {
+        let Ok(cores) = matcher::reserve_cores(&simulated, layer, remaining_units, &ctx.settings.policy) else { break };
+        planned.push(PlannedFrame { frame_id: frame.id.clone(), version: frame.version, cores });
+        simulated.cores_idle -= cores;
+        simulated.mem_idle -= layer.mem_min;
+        simulated.gpus_idle -= layer.gpus_min;
+        simulated.gpu_mem_idle -= layer.gpu_mem_min;
+        if let Some(units) = remaining_units.as_mut() {
+            *units -= cores;
+        }
+    }
+    if planned.is_empty() {
+        ctx.cache.invalidate(&host.id);
+        step.stop_layer = true;
+        return step;
+    }
+    let plan = BatchPlan {
+        host_id: &host.id,
+        host_name: &host.name,
+        show_id: &job.show_id,
+        job_id: &job.id,
+        folder_id: &job.folder_id,
+        dept_id: &job.dept_id,
+        layer_id: &layer.id,
+        layer_limited: layer.has_limits,
+        mem: layer.mem_min,
+        gpus: layer.gpus_min,
+        gpu_mem: layer.gpu_mem_min,
+        mem_used_initial: ctx.settings.mem_reserved_min_kib,
+        update_stat_on_book: ctx.settings.update_stat_on_book,
+        frames: planned,
+    };
+    let mut plan = plan;
+    let mut result = ctx.with_booker(|booker| booker.book(&plan));
+    // A cap refused the whole batch but had room for part of it: retry once with what fits.
+    if let Ok(BookOutcome::Refused { cap, headroom: Some(headroom) }) = &result {
+        let mut used = 0;
+        let fitting = plan.frames.iter().take_while(|f| {
+            used += f.cores;
+            used <= *headroom
+        }).count();
+        if fitting > 0 && fitting < plan.frames.len() {
+            debug!("{} cap left room for {fitting} of {} frames on {}; retrying", cap.table(), plan.frames.len(), host.name);
+            plan.frames.truncate(fitting);
+            result = ctx.with_booker(|booker| booker.book(&plan));
+        }
+    }
+    let planned_ids: Vec<String> = plan.frames.iter().map(|f| f.frame_id.clone()).collect();
+    let conflict = |reason: &str| ctx.metrics.booking_conflicts_total.with_label_values(&[reason]).inc();
+    match result {
+        Ok(BookOutcome::Booked { frames: booked, idle, db_time }) => {
+            ctx.cache.checkin(&host.id, idle, db_time);
+            let lost = planned_ids.len() - booked.len();
+            if lost > 0 {
+                ctx.metrics.booking_conflicts_total.with_label_values(&["frame_taken"]).inc_by(lost as u64);
+            }
+            let elapsed = pass.fetched_at.elapsed().as_secs_f64();
+            for b in &booked {
+                let Some(index) = frames.iter().position(|(f, _)| f.id == b.frame_id) else { continue };
+                let (frame, command) = frames.remove(index);
+                *job_booked_units += b.cores;
+                ctx.metrics.time_to_book_seconds.observe(frame.age_secs + elapsed);
+                let reservation = Reservation {
+                    proc_id: &b.proc_id,
+                    cores: b.cores,
+                    soft_limit_multiplier: ctx.settings.soft_memory_multiplier,
+                    hard_limit_multiplier: ctx.settings.hard_memory_multiplier,
+                };
+                let run_frame = build_run_frame(job, layer, &frame, &command, &reservation);
+                debug!(
+                    "booked frame {} ({}) job {} layer {} on host {} with {} core units, proc {}",
+                    frame.name, frame.id, job.name, layer.name, host.name, b.cores, b.proc_id
+                );
+                let launch = Launch {
+                    host_id: Arc::clone(&host.id),
+                    host_name: host.name.clone(),
+                    show_name: pass.cluster.show_name.clone(),
+                    frame_id: frame.id.clone(),
+                    frame_name: frame.name.clone(),
+                    version: b.version,
+                    proc_id: b.proc_id.clone(),
+                    run_frame,
+                };
+                ctx.frames_booked.fetch_add(1, Ordering::Relaxed);
+                // The dispatchers outlive the matchers, so a send only fails if they died;
+                // the booking is then compensated here so nothing stays booked unlaunched.
+                if let Err(failed) = launches.send(launch) {
+                    let launch = failed.into_inner();
+                    error!("dispatch threads are gone; compensating frame {}", launch.frame_id);
+                    let _ = ctx.with_booker(|b| b.compensate(&launch.frame_id, launch.version, &launch.proc_id));
+                }
+            }
+            // Frames planned but not started were taken by another booker: drop them.
+            frames.retain(|(f, _)| !planned_ids.contains(&f.id));
+            step.booked = booked.len() as u64;
+            step.outcome_label = if booked.is_empty() { "no_progress" } else { "booked" };
+        }
+        Ok(BookOutcome::NothingStarted) => {
+            ctx.cache.invalidate(&host.id);
+            conflict("frame_taken");
+            frames.retain(|(f, _)| !planned_ids.contains(&f.id));
+            if work.layer.has_limits {
+                step.stop_layer = true;
+            }
+        }
+        Ok(BookOutcome::HostExhausted) => {
+            ctx.cache.invalidate(&host.id);
+            conflict("host_exhausted");
+        }
+        Ok(BookOutcome::Refused { cap, .. }) => {
+            ctx.cache.invalidate(&host.id);
+            ctx.metrics.accounting_limit_exceeded_total.with_label_values(&[cap.table()]).inc();
+            debug!("booking of layer {} of job {} on host {} refused: {} cap reached", layer.name, job.name, host.name, cap.table());
+            match cap {
+                Cap::Subscription => step.subscription_full = true,
+                Cap::Job | Cap::Folder => step.stop_job = true,
+            }
+        }
+        Err(e) => {
+            ctx.cache.invalidate(&host.id);
+            ctx.count_error("booking");
+            error!("booking layer {} of job {} on host {} failed: {e}", layer.name, job.name, host.name);
+            step.outcome_label = "dispatch_error";
+            step.stop_layer = true;
+        }
+    }
+    step
+}

@@ -1,0 +1,260 @@
+//! Wiring and lifecycle of the pipeline's threads.
+//!
+//! ```text
+//! job-fetcher ──Pass (cap 16)──▶ matcher-N ──rayon pool "matcher-pool-N"──▶ Launch (cap 1024) ──▶ dispatch-N ──▶ RQD
+//!      ▲                              │ book (DB txn), check host in/out
+//!      └────────PassDone──────────────┘           host cache ◀── cache-refresh
+//! metrics-http serves /metrics /healthz /readyz
+//! ```
+//!
+//! Shutdown order (`Pipeline::shutdown`): set the stop flag → the fetcher stops emitting and
+//! drops the pass channel → matchers finish the host they are booking and exit → the launch
+//! channel closes → dispatchers launch what is queued until the drain deadline, then
+//! compensate the rest → cache refresher and HTTP server exit. Every thread is joined.
+
+use crate::context::Context;
+use crate::db::{self, DbError};
+use crate::dispatch;
+use crate::feed::{self, Feed, PassDone};
+use crate::http;
+use crate::limits;
+use crate::metrics::Metrics;
+use crate::model::Cluster;
+use crate::pass::{self, Launch, Pass};
+use crate::settings::Settings;
+use crossbeam::channel::{bounded, unbounded};
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+#[derive(Debug)]
+pub enum StartError {
+    Database(DbError),
+    Facility(String),
+    Clusters(String),
+    Metrics(String),
+    Thread(std::io::Error),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Database(e) => write!(f, "{e}"),
+            StartError::Facility(name) => write!(f, "unknown facility `{name}` (no row in table facility with that str_name)"),
+            StartError::Clusters(e) => write!(f, "cannot select clusters: {e}"),
+            StartError::Metrics(e) => write!(f, "metrics endpoint: {e}"),
+            StartError::Thread(e) => write!(f, "cannot start a thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl From<DbError> for StartError {
+    fn from(e: DbError) -> StartError {
+        StartError::Database(e)
+    }
+}
+
+pub struct Pipeline {
+    pub ctx: Arc<Context>,
+    pub clusters: Vec<Cluster>,
+    pub metrics_port: Option<u16>,
+    fetcher: Option<JoinHandle<()>>,
+    matchers: Vec<JoinHandle<()>>,
+    dispatchers: Vec<JoinHandle<()>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, StartError> {
+    std::thread::Builder::new().name(name).spawn(f).map_err(StartError::Thread)
+}
+
+impl Pipeline {
+    /// Connects, resolves the facility, loads the clusters and starts every thread.
+    pub fn start(settings: Settings, metrics: Arc<Metrics>) -> Result<Pipeline, StartError> {
+        let pool = db::pool(&settings.db)?;
+        let mut client = db::get(&pool, "start-up")?;
+        let managed_mode = db::column_exists(&mut client, "show", "b_scheduler_managed")?;
+        let facility_id = match &settings.facility {
+            None => None,
+            Some(name) => {
+                let row = client
+                    .query_opt("SELECT pk_facility::text FROM facility WHERE str_name = $1", &[name])
+                    .map_err(DbError::query("resolve facility"))?;
+                Some(row.and_then(|r| r.try_get::<_, String>(0).ok()).ok_or_else(|| StartError::Facility(name.clone()))?)
+            }
+        };
+        let http_server = match settings.metrics_port {
+            Some(port) => match http::bind(port) {
+                Ok(server) => Some(server),
+                Err(e) => {
+                    // §6.1: a failed bind is logged and scheduling continues.
+                    error!("{e}; continuing without the metrics endpoint");
+                    None
+                }
+            },
+            None => None,
+        };
+        let metrics_port = http_server.as_ref().and_then(|s| s.server_addr().to_ip().map(|a| a.port()));
+        let ctx = Arc::new(Context::new(settings, metrics, pool, managed_mode));
+        let clusters = feed::load_clusters(&ctx, &mut client, facility_id.as_deref()).map_err(StartError::Clusters)?;
+        drop(client);
+        if managed_mode {
+            info!("show.b_scheduler_managed exists: only managed shows are scheduled");
+        } else {
+            info!("schema has no show.b_scheduler_managed: Cuebot must not book these clusters (dispatcher.exclusion_list)");
+        }
+        for cluster in &clusters {
+            info!("cluster {} ({})", cluster, cluster.kind.label());
+        }
+        if clusters.is_empty() {
+            warn!("no clusters selected: nothing will be scheduled until the next cluster reload finds some");
+        }
+        ctx.clusters_loaded.store(true, Ordering::SeqCst);
+        ctx.db_reachable.store(true, Ordering::SeqCst);
+        let mut pipeline = Pipeline {
+            ctx: Arc::clone(&ctx),
+            clusters: clusters.clone(),
+            metrics_port,
+            fetcher: None,
+            matchers: Vec::new(),
+            dispatchers: Vec::new(),
+            background: Vec::new(),
+        };
+        pipeline.spawn_threads(clusters, facility_id, http_server)?;
+        Ok(pipeline)
+    }
+
+    fn spawn_threads(
+        &mut self,
+        clusters: Vec<Cluster>,
+        facility_id: Option<String>,
+        http_server: Option<tiny_http::Server>,
+    ) -> Result<(), StartError> {
+        let ctx = &self.ctx;
+        let settings = &ctx.settings;
+        let (pass_tx, pass_rx) = bounded::<Pass>(limits::PASS_CHANNEL_CAPACITY);
+        let (launch_tx, launch_rx) = bounded::<Launch>(limits::LAUNCH_CHANNEL_CAPACITY);
+        // Matchers send one PassDone per pass received; the fetcher drains it every loop.
+        let (done_tx, done_rx) = unbounded::<PassDone>();
+        for n in 0..settings.dispatch_threads {
+            let (ctx, rx) = (Arc::clone(ctx), launch_rx.clone());
+            self.dispatchers.push(spawn(format!("dispatch-{n}"), move || dispatch::run_dispatcher(&ctx, rx))?);
+        }
+        drop(launch_rx);
+        for n in 0..settings.cluster_buffer_size {
+            let (ctx, rx, tx, done) = (Arc::clone(ctx), pass_rx.clone(), launch_tx.clone(), done_tx.clone());
+            let threads = settings.matcher_threads;
+            self.matchers.push(spawn(format!("matcher-{n}"), move || {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .thread_name(move |i| format!("matcher-pool-{n}-{i}"))
+                    .build();
+                let pool = match pool {
+                    Ok(pool) => pool,
+                    Err(e) => {
+                        error!("cannot start matcher pool: {e}; matcher {n} stops");
+                        return;
+                    }
+                };
+                for pass in rx.iter() {
+                    let result = pool.install(|| pass::run_pass(&ctx, &pass, &tx));
+                    let _ = done.send(PassDone { cluster: pass.cluster, result });
+                }
+            })?);
+        }
+        drop((pass_rx, launch_tx, done_tx));
+        let feed_ctx = Arc::clone(ctx);
+        self.fetcher = Some(spawn("job-fetcher".into(), move || {
+            Feed::new(&feed_ctx, facility_id, clusters).run(pass_tx, done_rx);
+        })?);
+        let refresh_ctx = Arc::clone(ctx);
+        self.background.push(spawn("cache-refresh".into(), move || run_cache_refresh(&refresh_ctx))?);
+        if let Some(server) = http_server {
+            let http_ctx = Arc::clone(ctx);
+            self.background.push(spawn("metrics-http".into(), move || http::serve(&http_ctx, server))?);
+        }
+        Ok(())
+    }
+
+    /// Whether the pipeline stopped by itself (quit condition) or was asked to.
+    pub fn stopping(&self) -> bool {
+        self.ctx.stopping()
+    }
+
+    /// Stops and joins every thread in the documented order. Returns the frames still booked
+    /// but not launched after the drain (always 0 unless a compensation failed).
+    pub fn shutdown(mut self, drain_timeout: Duration) {
+        info!("shutting down: stop fetching, finish matching, drain launches (deadline {drain_timeout:?})");
+        self.ctx.stop.store(true, Ordering::SeqCst);
+        *self.ctx.drain_deadline.lock() = Some(Instant::now() + drain_timeout);
+        join(self.fetcher.take(), "job-fetcher");
+        for handle in self.matchers.drain(..) {
+            join(Some(handle), "matcher");
+        }
+        for handle in self.dispatchers.drain(..) {
+            join(Some(handle), "dispatch");
+        }
+        for handle in self.background.drain(..) {
+            join(Some(handle), "background");
+        }
+        info!(
+            "stopped: frames booked {}, launched {}, compensated {}",
+            self.ctx.frames_booked.load(Ordering::Relaxed),
+            self.ctx.frames_launched.load(Ordering::Relaxed),
+            self.ctx.frames_compensated.load(Ordering::Relaxed)
+        );
+    }
+}
+
+fn join(handle: Option<JoinHandle<()>>, what: &str) {
+    if let Some(handle) = handle {
+        if handle.join().is_err() {
+            error!("{what} thread panicked");
+        }
+    }
+}
+
+/// Re-fetches every cached group each `monitoring_interval` and sweeps stale hosts each
+/// `clean_up_interval`.
+fn run_cache_refresh(ctx: &Context) {
+    let settings = &ctx.settings;
+    let mut last_refresh = Instant::now();
+    let mut last_clean = Instant::now();
+    while !ctx.stopping() {
+        std::thread::sleep(Duration::from_millis(limits::SHUTDOWN_POLL_MS));
+        if last_refresh.elapsed() >= settings.monitoring_interval {
+            last_refresh = Instant::now();
+            if let Err(e) = refresh_groups(ctx) {
+                ctx.count_error("host_cache");
+                warn!("host cache refresh failed, keeping cached values: {e}");
+            }
+        }
+        if last_clean.elapsed() >= settings.clean_up_interval {
+            last_clean = Instant::now();
+            let evicted = ctx.cache.clean_up();
+            if evicted > 0 {
+                info!("host cache: evicted {evicted} stale hosts");
+            }
+        }
+    }
+}
+
+fn refresh_groups(ctx: &Context) -> Result<(), DbError> {
+    let keys = ctx.cache.group_keys();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut client = db::get(&ctx.pool, "refresh host cache")?;
+    for key in keys {
+        if ctx.stopping() {
+            break;
+        }
+        let rows = pass::fetch_group(&mut client, &key)?;
+        ctx.cache.apply_group(&key, rows);
+    }
+    Ok(())
+}

@@ -1,0 +1,333 @@
+//! The read queries: cluster discovery, one pending-work query per cluster pass, and host
+//! groups for the cache. Each is a single statement; none takes row locks.
+//!
+//! Every numeric column is cast to bigint in SQL so one Rust type reads Cuebot's mix of int4
+//! and int8 columns, and every column is read with `try_get`, so a surprising row is an
+//! operating error (`DbError::BadRow`), never a panic.
+
+use crate::db::DbError;
+use crate::model::{Cluster, ClusterKind, Frame, Host, Job, Layer, LayerWork, ThreadMode};
+use postgres::types::FromSql;
+use postgres::{Client, Row, Statement};
+use std::sync::Arc;
+
+pub fn col<'a, T: FromSql<'a>>(row: &'a Row, index: usize, context: &'static str) -> Result<T, DbError> {
+    row.try_get(index).map_err(|e| DbError::BadRow { context, message: format!("column {index}: {e}") })
+}
+
+/// SQL condition: the layer whose id is `layer` has room under at least one of its limits, or
+/// has none (Cuebot parity: any limit with room lets the frame start).
+pub fn layer_limit_ok(layer: &str) -> String {
+    format!(
+        "(NOT EXISTS (SELECT 1 FROM layer_limit ll WHERE ll.pk_layer = {layer}) \
+         OR EXISTS (SELECT 1 FROM layer_limit ll JOIN limit_record lr ON lr.pk_limit_record = ll.pk_limit_record \
+                    WHERE ll.pk_layer = {layer} AND lr.int_max_value IS NOT NULL \
+                      AND (SELECT COALESCE(SUM(ls2.int_running_count), 0) FROM layer_limit ll2 \
+                           JOIN layer_stat ls2 ON ls2.pk_layer = ll2.pk_layer \
+                           WHERE ll2.pk_limit_record = lr.pk_limit_record) < lr.int_max_value))"
+    )
+}
+
+/// `AND s.b_scheduler_managed` where the schema has the column (managed-show mode).
+fn managed_clause(managed_mode: bool, alias: &str) -> String {
+    if managed_mode {
+        format!(" AND {alias}.b_scheduler_managed")
+    } else {
+        String::new()
+    }
+}
+
+/// The pending-work query of one cluster pass: the cluster's top jobs (Cuebot's eligibility,
+/// priority then FIFO), each with its dispatchable layers and a bounded batch of WAITING frames.
+pub fn pass_sql(managed_mode: bool) -> String {
+    let managed = managed_clause(managed_mode, "s");
+    let limit_ok = layer_limit_ok("l.pk_layer");
+    format!(
+        "WITH jobs AS (
+           SELECT j.pk_job, j.str_name, j.str_show, j.str_shot, j.str_user, j.str_log_dir,
+                  j.int_uid::bigint AS uid, j.str_os, COALESCE(j.str_loki_url, '') AS loki,
+                  j.pk_folder, j.pk_dept, jr.int_priority::bigint AS priority,
+                  jr.int_cores::bigint AS cores, jr.int_max_cores::bigint AS max_cores,
+                  jr.int_gpus::bigint AS gpus, jr.int_max_gpus::bigint AS max_gpus, j.ts_started,
+                  ARRAY(SELECT e.str_key::text FROM job_env e WHERE e.pk_job = j.pk_job AND e.str_key IS NOT NULL ORDER BY e.pk_job_env) AS env_keys,
+                  ARRAY(SELECT COALESCE(e.str_value, '')::text FROM job_env e WHERE e.pk_job = j.pk_job AND e.str_key IS NOT NULL ORDER BY e.pk_job_env) AS env_values
+           FROM job j
+           JOIN job_stat js ON js.pk_job = j.pk_job
+           JOIN job_resource jr ON jr.pk_job = j.pk_job
+           JOIN folder fo ON fo.pk_folder = j.pk_folder
+           JOIN folder_resource fr ON fr.pk_folder = j.pk_folder
+           WHERE j.pk_show = $1 AND j.pk_facility = $2 AND j.str_state = 'PENDING'
+             AND NOT j.b_paused AND j.b_auto_book AND js.int_waiting_count > 0
+             AND (fr.int_max_cores < 0 OR fr.int_cores < fr.int_max_cores)
+             AND (fr.int_max_gpus < 0 OR fr.int_gpus < fr.int_max_gpus)
+             AND EXISTS (SELECT 1 FROM point p WHERE p.pk_dept = fo.pk_dept AND p.pk_show = fo.pk_show)
+             AND EXISTS (SELECT 1 FROM show s WHERE s.pk_show = $1 AND s.b_active{managed})
+             AND EXISTS (SELECT 1 FROM subscription sub WHERE sub.pk_show = $1
+                           AND ($4::text IS NULL OR sub.pk_alloc = $4)
+                           AND sub.int_burst > 0 AND sub.int_burst - sub.int_cores >= 100)
+             AND EXISTS (SELECT 1 FROM layer l JOIN layer_stat ls ON ls.pk_layer = l.pk_layer
+                         WHERE l.pk_job = j.pk_job AND ls.int_waiting_count > 0
+                           AND string_to_array(replace(l.str_tags, ' ', ''), '|') && $3::text[]
+                           AND (l.ts_start_after IS NULL OR l.ts_start_after <= now())
+                           AND jr.int_cores + l.int_cores_min < jr.int_max_cores
+                           AND jr.int_gpus + l.int_gpus_min < jr.int_max_gpus)
+           ORDER BY jr.int_priority DESC, j.ts_started, j.pk_job
+           LIMIT $5)
+         SELECT jobs.pk_job, jobs.str_name, jobs.str_show, jobs.str_shot, jobs.str_user, jobs.str_log_dir,
+                jobs.uid, jobs.str_os, jobs.loki, jobs.pk_folder, jobs.pk_dept, jobs.priority,
+                jobs.cores, jobs.max_cores, jobs.gpus, jobs.max_gpus, jobs.env_keys, jobs.env_values,
+                l.pk_layer, l.str_name, l.str_cmd, l.str_range, l.int_chunk_size::bigint,
+                l.int_dispatch_order::bigint, l.str_tags, l.int_cores_min::bigint, l.int_cores_max::bigint,
+                l.b_threadable, l.int_mem_min::bigint, l.int_gpus_min::bigint, l.int_gpu_mem_min::bigint,
+                l.str_services,
+                EXISTS (SELECT 1 FROM layer_limit ll WHERE ll.pk_layer = l.pk_layer) AS has_limits,
+                ARRAY(SELECT e.str_key::text FROM layer_env e WHERE e.pk_layer = l.pk_layer AND e.str_key IS NOT NULL ORDER BY e.pk_layer_env),
+                ARRAY(SELECT COALESCE(e.str_value, '')::text FROM layer_env e WHERE e.pk_layer = l.pk_layer AND e.str_key IS NOT NULL ORDER BY e.pk_layer_env),
+                fr.ids, fr.names, fr.versions, fr.orders, fr.ages
+         FROM jobs
+         JOIN layer l ON l.pk_job = jobs.pk_job
+         JOIN layer_stat ls ON ls.pk_layer = l.pk_layer
+         CROSS JOIN LATERAL (
+           SELECT array_agg(w.pk_frame::text ORDER BY w.o1, w.o2, w.pk_frame) AS ids,
+                  array_agg(w.str_name::text ORDER BY w.o1, w.o2, w.pk_frame) AS names,
+                  array_agg(w.v ORDER BY w.o1, w.o2, w.pk_frame) AS versions,
+                  array_agg(w.o1 ORDER BY w.o1, w.o2, w.pk_frame) AS orders,
+                  array_agg(w.age ORDER BY w.o1, w.o2, w.pk_frame) AS ages
+           FROM (SELECT f.pk_frame, f.str_name, COALESCE(f.int_version, 0)::bigint AS v,
+                        f.int_dispatch_order::bigint AS o1, f.int_layer_order::bigint AS o2,
+                        GREATEST(extract(epoch FROM now() - COALESCE(f.ts_updated, now())), 0)::float8 AS age
+                 FROM frame f
+                 WHERE f.pk_layer = l.pk_layer AND f.str_state = 'WAITING'
+                 ORDER BY f.int_dispatch_order, f.int_layer_order, f.pk_frame
+                 LIMIT $6) w) fr
+         WHERE ls.int_waiting_count > 0
+           AND string_to_array(replace(l.str_tags, ' ', ''), '|') && $3::text[]
+           AND (l.ts_start_after IS NULL OR l.ts_start_after <= now())
+           AND jobs.cores + l.int_cores_min < jobs.max_cores
+           AND jobs.gpus + l.int_gpus_min < jobs.max_gpus
+           AND {limit_ok}
+           AND fr.ids IS NOT NULL
+         ORDER BY jobs.priority DESC, jobs.ts_started, jobs.pk_job, l.int_dispatch_order, l.pk_layer"
+    )
+}
+
+fn env_pairs(keys: Vec<String>, values: Vec<String>) -> Vec<(String, String)> {
+    keys.into_iter().zip(values).collect()
+}
+
+/// Runs the pass query and groups its rows into per-layer work, jobs shared between layers.
+pub fn fetch_pass(
+    client: &mut Client,
+    statement: &Statement,
+    cluster: &Cluster,
+    jobs_max: i64,
+    frames_per_layer: i64,
+) -> Result<Vec<LayerWork>, DbError> {
+    const CTX: &str = "read pending work";
+    let rows = client
+        .query(
+            statement,
+            &[&cluster.show_id, &cluster.facility_id, &cluster.tags, &cluster.alloc_id, &jobs_max, &frames_per_layer],
+        )
+        .map_err(DbError::query(CTX))?;
+    let mut work: Vec<LayerWork> = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let job_id: String = col(row, 0, CTX)?;
+        let job = match work.last() {
+            Some(previous) if previous.job.id == job_id => Arc::clone(&previous.job),
+            _ => Arc::new(read_job(row, job_id, &cluster.show_id)?),
+        };
+        let layer = Arc::new(read_layer(row)?);
+        let frames = read_frames(row)?;
+        work.push(LayerWork { job, layer, frames });
+    }
+    Ok(work)
+}
+
+fn read_job(row: &Row, id: String, show_id: &str) -> Result<Job, DbError> {
+    const CTX: &str = "read job";
+    Ok(Job {
+        id,
+        name: col(row, 1, CTX)?,
+        show: col(row, 2, CTX)?,
+        shot: col(row, 3, CTX)?,
+        user: col(row, 4, CTX)?,
+        log_dir: col(row, 5, CTX)?,
+        uid: col(row, 6, CTX)?,
+        os: col::<Option<String>>(row, 7, CTX)?.filter(|os| !os.is_empty()),
+        loki_url: col(row, 8, CTX)?,
+        folder_id: col(row, 9, CTX)?,
+        dept_id: col(row, 10, CTX)?,
+        priority: col::<i64>(row, 11, CTX)? as i32,
+        cores_in_use: col(row, 12, CTX)?,
+        max_cores: col(row, 13, CTX)?,
+        gpus_in_use: col(row, 14, CTX)?,
+        max_gpus: col(row, 15, CTX)?,
+        env: env_pairs(col(row, 16, CTX)?, col(row, 17, CTX)?),
+        show_id: show_id.to_string(),
+    })
+}
+
+fn read_layer(row: &Row) -> Result<Layer, DbError> {
+    const CTX: &str = "read layer";
+    let tags: String = col(row, 24, CTX)?;
+    let services: String = col(row, 31, CTX)?;
+    Ok(Layer {
+        id: col(row, 18, CTX)?,
+        name: col(row, 19, CTX)?,
+        command: col(row, 20, CTX)?,
+        range: col(row, 21, CTX)?,
+        chunk_size: col(row, 22, CTX)?,
+        dispatch_order: col(row, 23, CTX)?,
+        tags: crate::model::split_layer_tags(&tags),
+        cores_min: col(row, 25, CTX)?,
+        cores_max: col(row, 26, CTX)?,
+        threadable: col(row, 27, CTX)?,
+        mem_min: col(row, 28, CTX)?,
+        gpus_min: col(row, 29, CTX)?,
+        gpu_mem_min: col(row, 30, CTX)?,
+        // Split on commas, not trimmed (§3.6).
+        services: services.split(',').map(str::to_string).collect(),
+        has_limits: col(row, 32, CTX)?,
+        env: env_pairs(col(row, 33, CTX)?, col(row, 34, CTX)?),
+    })
+}
+
+fn read_frames(row: &Row) -> Result<Vec<Frame>, DbError> {
+    const CTX: &str = "read frames";
+    let ids: Vec<String> = col(row, 35, CTX)?;
+    let names: Vec<String> = col(row, 36, CTX)?;
+    let versions: Vec<i64> = col(row, 37, CTX)?;
+    let orders: Vec<i64> = col(row, 38, CTX)?;
+    let ages: Vec<f64> = col(row, 39, CTX)?;
+    let n = ids.len();
+    if names.len() != n || versions.len() != n || orders.len() != n || ages.len() != n {
+        return Err(DbError::BadRow { context: CTX, message: "frame arrays of different lengths".into() });
+    }
+    Ok(ids
+        .into_iter()
+        .zip(names)
+        .zip(versions)
+        .zip(orders)
+        .zip(ages)
+        .map(|((((id, name), version), dispatch_order), age_secs)| Frame {
+            id,
+            name,
+            version: version as i32,
+            dispatch_order,
+            age_secs,
+        })
+        .collect())
+}
+
+/// One host row of a cache group, with its ping time on the database clock.
+#[derive(Clone, Debug)]
+pub struct HostRow {
+    pub host: Host,
+    /// `host_stat.ts_ping` as epoch seconds.
+    pub ping_epoch: f64,
+    /// now() − ts_ping, seconds.
+    pub ping_age_secs: f64,
+}
+
+pub const GROUP_HOSTS_SQL: &str = "
+    SELECT h.pk_host, h.str_name, h.pk_alloc, hs.str_os, h.int_thread_mode::bigint,
+           h.int_cores::bigint, h.int_cores_idle::bigint, h.int_mem::bigint,
+           LEAST(h.int_mem_idle, hs.int_mem_free)::bigint,
+           h.int_gpus::bigint, h.int_gpus_idle::bigint, h.int_gpu_mem::bigint,
+           LEAST(h.int_gpu_mem_idle, hs.int_gpu_mem_free)::bigint,
+           extract(epoch FROM hs.ts_ping)::float8, extract(epoch FROM now() - hs.ts_ping)::float8
+    FROM host h
+    JOIN host_stat hs ON hs.pk_host = h.pk_host
+    JOIN alloc a ON a.pk_alloc = h.pk_alloc
+    WHERE a.pk_facility = $1
+      AND EXISTS (SELECT 1 FROM subscription s WHERE s.pk_show = $2 AND s.pk_alloc = h.pk_alloc)
+      AND EXISTS (SELECT 1 FROM host_tag t WHERE t.pk_host = h.pk_host AND t.str_tag = $3)
+      AND h.str_lock_state = 'OPEN' AND hs.str_state = 'UP'";
+
+pub fn read_host_row(row: &Row) -> Result<HostRow, DbError> {
+    const CTX: &str = "read host";
+    let id: String = col(row, 0, CTX)?;
+    Ok(HostRow {
+        host: Host {
+            id: Arc::from(id.as_str()),
+            name: col(row, 1, CTX)?,
+            alloc_id: col(row, 2, CTX)?,
+            os: col(row, 3, CTX)?,
+            thread_mode: ThreadMode::from_db(col::<i64>(row, 4, CTX)? as i32),
+            cores_total: col(row, 5, CTX)?,
+            cores_idle: col(row, 6, CTX)?,
+            mem_total: col(row, 7, CTX)?,
+            mem_idle: col(row, 8, CTX)?,
+            gpus_total: col(row, 9, CTX)?,
+            gpus_idle: col(row, 10, CTX)?,
+            gpu_mem_total: col(row, 11, CTX)?,
+            gpu_mem_idle: col(row, 12, CTX)?,
+        },
+        ping_epoch: col(row, 13, CTX)?,
+        ping_age_secs: col(row, 14, CTX)?,
+    })
+}
+
+/// A (tag, show, facility) row that may form a cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterRow {
+    pub facility_id: String,
+    pub facility_name: String,
+    pub show_id: String,
+    pub show_name: String,
+    pub kind: ClusterKind,
+    pub tag: String,
+    pub alloc_id: Option<String>,
+}
+
+/// Every cluster candidate of active (and, in managed mode, managed) shows, optionally in one
+/// facility: allocation rows first, then manual, hostname and hardware tag rows.
+pub fn discover_cluster_rows(
+    client: &mut Client,
+    managed_mode: bool,
+    facility_id: Option<&str>,
+) -> Result<Vec<ClusterRow>, DbError> {
+    const CTX: &str = "discover clusters";
+    let managed = managed_clause(managed_mode, "s");
+    let alloc_sql = format!(
+        "SELECT DISTINCT a.pk_facility, f.str_name, s.pk_show, s.str_name, 'ALLOC'::text, a.str_tag, a.pk_alloc
+         FROM alloc a
+         JOIN facility f ON f.pk_facility = a.pk_facility
+         JOIN subscription sub ON sub.pk_alloc = a.pk_alloc
+         JOIN show s ON s.pk_show = sub.pk_show
+         WHERE s.b_active{managed} AND a.str_tag IS NOT NULL
+           AND ($1::text IS NULL OR a.pk_facility = $1)
+           AND EXISTS (SELECT 1 FROM host_tag t WHERE t.str_tag_type = 'ALLOC' AND t.str_tag = a.str_tag)
+         ORDER BY 1, 3, 6"
+    );
+    let tag_sql = format!(
+        "SELECT DISTINCT a.pk_facility, f.str_name, s.pk_show, s.str_name, t.str_tag_type::text, t.str_tag, NULL::text
+         FROM host_tag t
+         JOIN host h ON h.pk_host = t.pk_host
+         JOIN alloc a ON a.pk_alloc = h.pk_alloc
+         JOIN facility f ON f.pk_facility = a.pk_facility
+         JOIN subscription sub ON sub.pk_alloc = a.pk_alloc
+         JOIN show s ON s.pk_show = sub.pk_show
+         WHERE t.str_tag_type IN ('MANUAL', 'HOSTNAME', 'HARDWARE') AND s.b_active{managed}
+           AND ($1::text IS NULL OR a.pk_facility = $1)
+         ORDER BY 1, 3, 5, 6"
+    );
+    let mut out = Vec::new();
+    for sql in [alloc_sql, tag_sql] {
+        for row in client.query(sql.as_str(), &[&facility_id]).map_err(DbError::query(CTX))? {
+            let tag_type: String = col(&row, 4, CTX)?;
+            let Some(kind) = ClusterKind::from_tag_type(&tag_type) else { continue };
+            out.push(ClusterRow {
+                facility_id: col(&row, 0, CTX)?,
+                facility_name: col(&row, 1, CTX)?,
+                show_id: col(&row, 2, CTX)?,
+                show_name: col(&row, 3, CTX)?,
+                kind,
+                tag: col(&row, 5, CTX)?,
+                alloc_id: col(&row, 6, CTX)?,
+            });
+        }
+    }
+    Ok(out)
+}

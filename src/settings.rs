@@ -1,0 +1,129 @@
+//! Runtime knobs of the pipeline, derived once from the configuration. The pipeline takes a
+//! `Settings` and never reads the configuration file itself, so tests build one directly.
+
+use crate::clusters::Selection;
+use crate::db::DbSettings;
+use crate::host_cache::{CacheSettings, Strategy};
+use crate::matcher::MatchPolicy;
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub db: DbSettings,
+    pub facility: Option<String>,
+    pub selection: Selection,
+    pub frames_per_layer: usize,
+    pub jobs_per_pass: usize,
+    pub attempts_per_layer: usize,
+    pub strategy: Strategy,
+    pub policy: MatchPolicy,
+    pub cache: CacheSettings,
+    pub soft_memory_multiplier: f64,
+    pub hard_memory_multiplier: f64,
+    pub mem_reserved_min_kib: i64,
+    pub update_stat_on_book: bool,
+    pub cluster_empty_sleep: Duration,
+    pub cluster_saturated_sleep: Duration,
+    pub cluster_reload_interval: Duration,
+    pub active_scan_interval: Duration,
+    pub monitoring_interval: Duration,
+    pub clean_up_interval: Duration,
+    pub monitor_interval: Duration,
+    pub empty_job_cycles_before_quitting: Option<u64>,
+    pub dry_run: bool,
+    pub rqd_port: u16,
+    pub rqd_timeout: Duration,
+    pub dispatch_threads: usize,
+    pub matcher_threads: usize,
+    pub cluster_buffer_size: usize,
+    /// `None`: no HTTP server (tests that do not need one).
+    pub metrics_port: Option<u16>,
+    pub shutdown_drain_timeout: Duration,
+}
+
+impl Settings {
+    /// Derives the pipeline's settings from a loaded configuration (CLI overrides already
+    /// applied to it). Fails on a manual-tag entry that is not `tag` or `show:tag`.
+    pub fn from_config(config: &crate::config::Config) -> Result<Settings, String> {
+        use crate::config::HostBookingStrategy;
+        let q = &config.queue;
+        let hc = &config.host_cache;
+        let database = &config.database;
+        let strategy = match &q.host_booking_strategy {
+            HostBookingStrategy::Saturation { core_saturation, memory_saturation } => {
+                Strategy::Saturation { core_ascending: *core_saturation, memory_ascending: *memory_saturation }
+            }
+            HostBookingStrategy::Epvm { max_candidates, weights } => Strategy::Epvm {
+                max_candidates: *max_candidates,
+                weights: crate::matcher::Weights {
+                    cores: weights.cores,
+                    mem: weights.mem,
+                    gpus: weights.gpus,
+                    gpu_mem: weights.gpu_mem,
+                    gpu_count_reservation: weights.gpu_count_reservation,
+                    gpu_mem_reservation: weights.gpu_mem_reservation,
+                },
+            },
+        };
+        let manual_tags = config
+            .scheduler
+            .manual_tags
+            .iter()
+            .map(|entry| crate::clusters::parse_manual_tag(entry))
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(|e| format!("scheduler.manual_tags: {e}"))?;
+        if (!manual_tags.is_empty() || !config.scheduler.alloc_tags.is_empty()) && config.scheduler.facility.is_none() {
+            return Err("explicit --alloc_tags/--manual_tags need a facility (--facility or scheduler.facility)".into());
+        }
+        Ok(Settings {
+            db: DbSettings {
+                connection_string: database.connection_string(),
+                display: format!("{}@{}:{}/{}", database.db_user, database.db_host, database.db_port, database.db_name),
+                pool_size: database.pool_size,
+                connect_timeout: Duration::from_secs(10),
+            },
+            facility: config.scheduler.facility.clone(),
+            selection: Selection {
+                alloc_tags: config.scheduler.alloc_tags.iter().map(|t| (t.show.clone(), t.tag.clone())).collect(),
+                manual_tags,
+                ignore_tags: config.scheduler.ignore_tags.clone(),
+                manual_tags_chunk_size: q.manual_tags_chunk_size,
+                hostname_tags_chunk_size: q.hostname_tags_chunk_size,
+            },
+            frames_per_layer: q.dispatch_frames_per_layer_limit.min(crate::limits::FRAMES_PER_LAYER_MAX),
+            jobs_per_pass: q.max_jobs_per_cluster_pass,
+            attempts_per_layer: q.host_candidate_attempts_per_layer,
+            strategy,
+            policy: MatchPolicy {
+                memory_stranded_threshold_kib: q.memory_stranded_threshold_kib,
+                selfish_services: q.selfish_services.clone(),
+            },
+            cache: CacheSettings {
+                memory_key_divisor_kib: hc.memory_key_divisor_kib,
+                checkout_timeout: hc.checkout_timeout,
+                group_idle_timeout: hc.group_idle_timeout,
+                host_staleness_threshold: hc.host_staleness_threshold,
+            },
+            soft_memory_multiplier: q.frame_memory_soft_limit,
+            hard_memory_multiplier: q.frame_memory_hard_limit,
+            mem_reserved_min_kib: q.mem_reserved_min_kib,
+            update_stat_on_book: hc.update_stat_on_book,
+            cluster_empty_sleep: q.cluster_empty_sleep,
+            cluster_saturated_sleep: q.cluster_saturated_sleep,
+            cluster_reload_interval: q.cluster_reload_interval,
+            active_scan_interval: q.active_scan_interval,
+            monitoring_interval: hc.monitoring_interval,
+            clean_up_interval: hc.clean_up_interval,
+            monitor_interval: q.monitor_interval,
+            empty_job_cycles_before_quitting: q.empty_job_cycles_before_quitting,
+            dry_run: config.rqd.dry_run_mode,
+            rqd_port: config.rqd.grpc_port,
+            rqd_timeout: config.rqd.launch_timeout,
+            dispatch_threads: config.rqd.dispatch_threads,
+            matcher_threads: q.worker_threads.max(1),
+            cluster_buffer_size: q.stream.cluster_buffer_size.max(1),
+            metrics_port: Some(q.metrics_port),
+            shutdown_drain_timeout: Duration::from_millis(crate::limits::SHUTDOWN_DRAIN_TIMEOUT_MS),
+        })
+    }
+}

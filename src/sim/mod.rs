@@ -1,0 +1,5 @@
+//! Simulation parts shared by the tests, the demo and the benchmarks: a fake RQD (a real
+//! grpcio server), a farm seeder, and Cuebot's frame-completion writes.
+
+pub mod farm;
+pub mod fake_rqd;

@@ -1,0 +1,8 @@
+//! Integration tests: real PostgreSQL, real gRPC (fake RQDs are grpcio servers on loopback),
+//! the real pipeline. One binary so grpc links once. Each test owns a database.
+
+mod support;
+
+mod booking;
+mod binary;
+mod conformance;
