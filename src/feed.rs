@@ -39,6 +39,28 @@ struct FetchConnection {
     client: Client,
     pass: Statement,
     awake: Statement,
+    probe: Statement,
+}
+
+/// The wake probe: (waiting frames of pending jobs, pending jobs, newest job start).
+const PROBE_SQL: &str = "
+    SELECT COALESCE(sum(js.int_waiting_count), 0)::bigint, count(*)::bigint,
+           COALESCE(extract(epoch FROM max(j.ts_started)), 0)::float8
+    FROM job j JOIN job_stat js ON js.pk_job = j.pk_job
+    WHERE j.str_state = 'PENDING' AND NOT j.b_paused";
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct ProbeSignature {
+    waiting: i64,
+    jobs: i64,
+    newest: f64,
+}
+
+impl ProbeSignature {
+    /// New work may have appeared since `before`.
+    fn has_news_since(&self, before: &ProbeSignature) -> bool {
+        self.waiting > before.waiting || self.jobs > before.jobs || self.newest > before.newest
+    }
 }
 
 /// Lists (show, tag) pairs with dispatchable work: the awake scan. A superset of the pass
@@ -64,7 +86,8 @@ impl FetchConnection {
         let mut client = db::connect(&ctx.settings.db, "fetcher connection")?;
         let pass = client.prepare(&queries::pass_sql(ctx.managed_mode)).map_err(DbError::query("prepare pass query"))?;
         let awake = client.prepare(&awake_sql(ctx.managed_mode)).map_err(DbError::query("prepare awake scan"))?;
-        Ok(FetchConnection { client, pass, awake })
+        let probe = client.prepare(PROBE_SQL).map_err(DbError::query("prepare wake probe"))?;
+        Ok(FetchConnection { client, pass, awake, probe })
     }
 }
 
@@ -84,6 +107,8 @@ pub struct Feed<'a> {
     last_reload: Instant,
     last_scan: Instant,
     last_heartbeat: Instant,
+    last_probe: Instant,
+    probe: Option<ProbeSignature>,
     passes: u64,
 }
 
@@ -101,6 +126,8 @@ impl<'a> Feed<'a> {
             last_reload: now,
             last_scan: now,
             last_heartbeat: now,
+            last_probe: now,
+            probe: None,
             passes: 0,
         }
     }
@@ -171,7 +198,12 @@ impl<'a> Feed<'a> {
             self.last_reload = now;
             self.reload();
         }
-        if now.duration_since(self.last_scan) >= settings.active_scan_interval {
+        let mut scan_due = now.duration_since(self.last_scan) >= settings.active_scan_interval;
+        if !scan_due && now.duration_since(self.last_probe) >= Duration::from_millis(crate::limits::WAKE_PROBE_INTERVAL_MS) {
+            self.last_probe = now;
+            scan_due = self.probe_news();
+        }
+        if scan_due {
             self.last_scan = now;
             self.awake_scan();
         }
@@ -208,6 +240,33 @@ impl<'a> Feed<'a> {
                     })
                     .collect();
                 self.next = 0;
+            }
+        }
+    }
+
+    /// Runs the wake probe; true when new work may have appeared (or the probe failed).
+    fn probe_news(&mut self) -> bool {
+        let row = match self.connection() {
+            Ok(conn) => conn.client.query_one(&conn.probe, &[]).map_err(DbError::query("wake probe")),
+            Err(e) => Err(e),
+        };
+        let signature = row.and_then(|row| {
+            Ok(ProbeSignature {
+                waiting: queries::col(&row, 0, "wake probe")?,
+                jobs: queries::col(&row, 1, "wake probe")?,
+                newest: queries::col(&row, 2, "wake probe")?,
+            })
+        });
+        match signature {
+            Ok(signature) => {
+                let news = self.probe.is_none_or(|before| signature.has_news_since(&before));
+                self.probe = Some(signature);
+                news
+            }
+            Err(e) => {
+                self.ctx.count_error("feed");
+                debug!("wake probe failed: {e}");
+                true
             }
         }
     }
@@ -293,7 +352,8 @@ impl<'a> Feed<'a> {
         let earliest = self.slots.iter().filter(|s| !s.in_flight).filter_map(|s| s.wake_at.map(|(t, _)| t)).min();
         let until_wake = earliest.map_or(Duration::from_millis(100), |t| t.saturating_duration_since(now));
         let until_scan = self.ctx.settings.active_scan_interval.saturating_sub(now.duration_since(self.last_scan));
-        until_wake.min(until_scan).clamp(Duration::from_millis(1), Duration::from_millis(crate::limits::SHUTDOWN_POLL_MS))
+        let until_probe = Duration::from_millis(crate::limits::WAKE_PROBE_INTERVAL_MS).saturating_sub(now.duration_since(self.last_probe));
+        until_wake.min(until_scan).min(until_probe).clamp(Duration::from_millis(1), Duration::from_millis(crate::limits::SHUTDOWN_POLL_MS))
     }
 
     fn fetch(&mut self, index: usize) -> Option<Pass> {

@@ -47,6 +47,11 @@ pub const HTTP_THREADS: usize = 2;
 pub const HTTP_REQUEST_BYTES_MAX: usize = 8 * 1024;
 pub const HTTP_RESPONSE_TIMEOUT_MS: u64 = 5_000;
 
+/// Period of the fetcher's wake probe: one aggregate over pending jobs whose change (more
+/// waiting frames, a new job) triggers an immediate awake scan. It bounds first-dispatch latency
+/// of new work without re-running the pending-work query of every sleeping cluster.
+pub const WAKE_PROBE_INTERVAL_MS: u64 = 200;
+
 /// Granularity of every sleep that must notice a shutdown request.
 pub const SHUTDOWN_POLL_MS: u64 = 50;
 

@@ -46,7 +46,7 @@ stop_throwaway_db() {
   else
     "$(pg_bin_dir)/pg_ctl" -D "$THROWAWAY_PGDATA" -m fast stop >/dev/null 2>&1
   fi
-  rm -rf "$THROWAWAY_PGDATA"
+  rm -rf "$(dirname "$THROWAWAY_PGDATA")"
   THROWAWAY_PGDATA=""
 }
 
@@ -64,6 +64,12 @@ ensure_database() {
     log "using PostgreSQL on 127.0.0.1:5432"
     return
   fi
+  start_throwaway_db
+}
+
+# Starts a private PostgreSQL cluster (initdb + pg_ctl, as a non-root user) with
+# pg_stat_statements preloaded, exports DATABASE_URL, and stops it when the script exits.
+start_throwaway_db() {
   local bin port
   bin=$(pg_bin_dir) || true
   [ -n "$bin" ] && [ -x "$bin/initdb" ] || die "no PostgreSQL reachable and no initdb found: install postgresql or set DATABASE_URL"
@@ -77,7 +83,7 @@ ensure_database() {
     chown "$THROWAWAY_OWNER" "$THROWAWAY_PGDATA"
     run=(runuser -u "$THROWAWAY_OWNER" --)
   fi
-  log "no PostgreSQL reachable: starting a throwaway cluster on 127.0.0.1:$port ($THROWAWAY_PGDATA)"
+  log "starting a throwaway PostgreSQL on 127.0.0.1:$port ($THROWAWAY_PGDATA)"
   "${run[@]}" "$bin/initdb" -D "$THROWAWAY_PGDATA/data" -U postgres --auth=trust >/dev/null || die "initdb failed"
   THROWAWAY_PGDATA="$THROWAWAY_PGDATA/data"
   "${run[@]}" "$bin/pg_ctl" -D "$THROWAWAY_PGDATA" -w -l "$THROWAWAY_PGDATA/server.log" \

@@ -171,11 +171,12 @@ impl FakeRqd {
 
     /// Forgets a finished frame and gives its cores back.
     pub fn finish(&self, frame_id: &str) {
-        if let Some((host, cores)) = self.state.running.lock().remove(frame_id) {
-            if let Some(units) = self.state.idle_cores.lock().get_mut(&host) {
-                *units += i64::from(cores);
-            }
-        }
+        self.handle().finish(frame_id);
+    }
+
+    /// A thread-safe handle to the fake's state (the server itself is not `Sync`).
+    pub fn handle(&self) -> FakeRqdHandle {
+        FakeRqdHandle { state: Arc::clone(&self.state) }
     }
 
     pub fn launches(&self) -> Vec<Recorded> {
@@ -188,6 +189,23 @@ impl FakeRqd {
 
     pub fn kills(&self) -> Vec<(String, String)> {
         self.state.kills.lock().clone()
+    }
+}
+
+/// Shares a fake RQD's state with other threads (e.g. a frame-completion simulator).
+#[derive(Clone)]
+pub struct FakeRqdHandle {
+    state: Arc<State>,
+}
+
+impl FakeRqdHandle {
+    /// Forgets a finished frame and gives its cores back.
+    pub fn finish(&self, frame_id: &str) {
+        if let Some((host, cores)) = self.state.running.lock().remove(frame_id) {
+            if let Some(units) = self.state.idle_cores.lock().get_mut(&host) {
+                *units += i64::from(cores);
+            }
+        }
     }
 }
 

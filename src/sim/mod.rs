@@ -2,4 +2,8 @@
 //! grpcio server), a farm seeder, and Cuebot's frame-completion writes.
 
 pub mod farm;
+pub mod cuebot;
 pub mod fake_rqd;
+pub mod plot;
+pub mod procs;
+pub mod workloads;

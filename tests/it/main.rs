@@ -6,3 +6,4 @@ mod support;
 mod booking;
 mod binary;
 mod conformance;
+mod scenarios;

@@ -161,6 +161,7 @@ pub struct Org {
     pub show_id: String,
     pub folder_id: String,
     pub general_alloc: String,
+    #[allow(dead_code)] // GPU-allocation scenarios use it
     pub gpu_alloc: String,
 }
 

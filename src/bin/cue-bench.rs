@@ -1,0 +1,367 @@
+//! cue-bench: runs the real `cue-scheduler` binary in dry-run mode against deterministic farms
+//! in a real PostgreSQL and prints one results table (issue 4). Not a test: it asserts nothing
+//! but the cap checks of the saturation workload, and prints figures.
+//!
+//! PostgreSQL figures come from `pg_stat_statements` (statements and execution time of the
+//! scheduler's sessions), `pg_stat_database` (rows read) and /proc (CPU of every postgres
+//! process but the benchmark's own poller). Scheduler CPU and peak RSS come from wait4().
+
+use argh::FromArgs;
+use cue_scheduler::sim::farm::{self, Farm, Server};
+use cue_scheduler::sim::procs::{self, Usage};
+use cue_scheduler::sim::workloads::{self, DrainShape};
+use postgres::Client;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Benchmark the scheduler on the issue-4 workloads.
+#[derive(FromArgs)]
+struct Args {
+    /// workloads, comma-separated: drain, saturation, latency, scale (default drain,saturation,latency)
+    #[argh(option, default = "String::from(\"drain,saturation,latency\")")]
+    workload: String,
+    /// scheduler processes on the same farm (drain and saturation)
+    #[argh(option, default = "1")]
+    instances: usize,
+    /// schemas: project, real or both (real needs ../shared/cuebot/schema.sql)
+    #[argh(option, default = "String::from(\"both\")")]
+    schema: String,
+    /// shrink every farm by this factor (CI uses 24: 50 hosts, 250 frames)
+    #[argh(option, default = "1")]
+    shrink: usize,
+    /// seconds before a run is given up
+    #[argh(option, default = "120")]
+    timeout_secs: u64,
+    /// directory for configs and scheduler logs
+    #[argh(option, default = "String::from(\"bench-out\")")]
+    out: String,
+}
+
+struct Row {
+    workload: String,
+    schema: String,
+    instances: usize,
+    eligible: usize,
+    booked: i64,
+    wall_secs: f64,
+    pg_exec_ms: f64,
+    pg_cpu_secs: f64,
+    statements: f64,
+    rows_read: f64,
+    usage: Vec<Usage>,
+    wasted_attempts: f64,
+    note: String,
+}
+
+const POLL: &str = "/* cue-bench */ SELECT COALESCE(sum(int_running_count), 0)::bigint FROM job_stat";
+
+fn main() {
+    let args: Args = argh::from_env();
+    if let Err(e) = run(&args) {
+        eprintln!("cue-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn schemas(args: &Args) -> Vec<(&'static str, String)> {
+    let real = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/cuebot/schema.sql");
+    let mut out = Vec::new();
+    if args.schema == "project" || args.schema == "both" {
+        out.push(("project", farm::PROJECT_SCHEMA.to_string()));
+    }
+    if args.schema == "real" || args.schema == "both" {
+        match std::fs::read_to_string(&real) {
+            Ok(sql) => out.push(("real", sql)),
+            Err(_) => eprintln!("cue-bench: {} not found; real-schema runs skipped", real.display()),
+        }
+    }
+    out
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    let server = Server::from_env()?;
+    std::fs::create_dir_all(&args.out).map_err(|e| format!("create {}: {e}", args.out))?;
+    let mut rows = Vec::new();
+    let mut latency_lines = Vec::new();
+    for workload in args.workload.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+        for (schema, sql) in schemas(args) {
+            eprintln!("cue-bench: {workload} on the {schema} schema …");
+            match workload {
+                "latency" => latency_lines.push(latency(args, &server, schema, &sql)?),
+                _ => rows.push(throughput(args, &server, workload, schema, &sql)?),
+            }
+        }
+    }
+    println!("{}", table(&rows));
+    for line in latency_lines {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+fn prepare(server: &Server, name: &str, schema_sql: &str) -> Result<Farm, String> {
+    server.recreate_database(name)?;
+    farm::load_schema(server, name, schema_sql)?;
+    Ok(Farm::new(server.connect(name)?))
+}
+
+/// Resets the statistics right before the schedulers start.
+fn settle_and_reset(client: &mut Client) -> Result<(), String> {
+    client
+        .batch_execute(
+            "CREATE EXTENSION IF NOT EXISTS pg_stat_statements;
+             UPDATE host_stat SET ts_ping = now();
+             VACUUM ANALYZE;",
+        )
+        .map_err(|e| format!("prepare statistics (is pg_stat_statements preloaded?): {e}"))?;
+    client.batch_execute("SELECT pg_stat_statements_reset(); SELECT pg_stat_reset();").map_err(|e| format!("reset statistics: {e}"))
+}
+
+fn write_config(args: &Args, server: &Server, db: &str, tag: &str, port: u16) -> Result<PathBuf, String> {
+    let path = Path::new(&args.out).join(format!("{tag}.yaml"));
+    let text = format!(
+        "logging:\n  level: info\ndatabase:\n  db_host: {}\n  db_port: {}\n  db_name: {db}\n  db_user: {}\n  pool_size: 8\n\
+         rqd:\n  dry_run_mode: true\nqueue:\n  metrics_port: {port}\n  monitor_interval: 5s\nscheduler:\n  facility: lax\n",
+        server.host, server.port, server.user
+    );
+    std::fs::write(&path, text).map_err(|e| format!("write {}: {e}", path.display()))?;
+    Ok(path)
+}
+
+fn start_instances(args: &Args, server: &Server, db: &str, tag: &str, n: usize) -> Result<Vec<procs::Instance>, String> {
+    let env = vec![("OPENSCHEDULER_DATABASE__DB_PASS".to_string(), server.password.clone().unwrap_or_default())];
+    let mut instances = Vec::new();
+    for i in 0..n {
+        let port = procs::free_port().map_err(|e| format!("free port: {e}"))?;
+        let config = write_config(args, server, db, &format!("{tag}-{i}"), port)?;
+        let log = Path::new(&args.out).join(format!("{tag}-{i}.log"));
+        let child = procs::start_scheduler(&procs::scheduler_binary(), &config, &log, &env)
+            .map_err(|e| format!("start {}: {e}", procs::scheduler_binary().display()))?;
+        instances.push(procs::Instance { child, metrics_port: port });
+    }
+    Ok(instances)
+}
+
+fn poll_running(client: &mut Client) -> i64 {
+    client.query_one(POLL, &[]).map(|r| r.get::<_, i64>(0)).unwrap_or(-1)
+}
+
+fn throughput(args: &Args, server: &Server, workload: &str, schema: &str, sql: &str) -> Result<Row, String> {
+    let db = format!("bench_{workload}_{schema}");
+    let mut farm = prepare(server, &db, sql)?;
+    let shrink = args.shrink.max(1);
+    let eligible = match workload {
+        "drain" | "scale" => {
+            let (hosts, jobs) = if workload == "drain" { (1200, 300) } else { (10_000, 5_000) };
+            let shape = DrainShape {
+                hosts: (hosts / shrink).max(8),
+                jobs: (jobs / shrink).max(2),
+                layers_per_job: 4,
+                frames_per_layer: 5,
+                manual_tags: 8,
+                host_name: workloads::plain_host_name,
+            };
+            workloads::seed_drain(&mut farm, &shape, 42)?
+        }
+        "saturation" => workloads::seed_saturation(&mut farm, (400 / shrink).max(8), (150 / shrink).max(4), 7)?,
+        other => return Err(format!("unknown workload `{other}`")),
+    };
+    settle_and_reset(&mut farm.client)?;
+    let mut poller = server.connect(&db)?;
+    let poller_pid: i32 = poller.query_one("SELECT pg_backend_pid()", &[]).map_err(|e| e.to_string())?.get(0);
+    let (rows_before, cpu_before) = (rows_read(&mut poller)?, procs::postgres_cpu_secs(&[poller_pid]));
+    let started = Instant::now();
+    let mut instances = start_instances(args, server, &db, &format!("{workload}-{schema}"), args.instances)?;
+    let (booked, wall) = wait_for_drain(&mut poller, workload, eligible, started, Duration::from_secs(args.timeout_secs));
+    let cpu_after = procs::postgres_cpu_secs(&[poller_pid]);
+    let wasted: f64 = instances
+        .iter()
+        .filter_map(|i| procs::http_get(i.metrics_port, "/metrics").ok())
+        .map(|(_, page)| procs::metric_sum(&page, "scheduler_checkout_outcome_total", None) - procs::metric_sum(&page, "scheduler_checkout_outcome_total", Some("\"booked\"")))
+        .sum();
+    let (statements, exec_ms) = statement_stats(&mut poller)?;
+    let rows = rows_read(&mut poller)? - rows_before;
+    let usage: Vec<Usage> = instances.iter_mut().map(|i| procs::stop(&mut i.child, Duration::from_secs(30))).collect();
+    let note = if workload == "saturation" { cap_check(&mut poller)? } else { String::new() };
+    Ok(Row {
+        workload: workload.into(),
+        schema: schema.into(),
+        instances: args.instances,
+        eligible,
+        booked,
+        wall_secs: wall,
+        pg_exec_ms: exec_ms,
+        pg_cpu_secs: cpu_after - cpu_before,
+        statements,
+        rows_read: rows,
+        usage,
+        wasted_attempts: wasted,
+        note,
+    })
+}
+
+/// Waits until every eligible frame runs (drain, scale) or the count stops moving for 2 s
+/// (saturation); returns (frames running, seconds until the last one was booked).
+fn wait_for_drain(poller: &mut Client, workload: &str, eligible: usize, started: Instant, timeout: Duration) -> (i64, f64) {
+    let mut last = -1;
+    let mut last_change = started.elapsed().as_secs_f64();
+    loop {
+        std::thread::sleep(Duration::from_millis(25));
+        let running = poll_running(poller);
+        let now = started.elapsed().as_secs_f64();
+        if running != last {
+            last = running;
+            last_change = now;
+        }
+        if workload != "saturation" && running >= eligible as i64 {
+            return (running, now);
+        }
+        if (workload == "saturation" && running > 0 && now - last_change > 2.0) || started.elapsed() > timeout {
+            return (running, last_change);
+        }
+    }
+}
+
+fn rows_read(client: &mut Client) -> Result<f64, String> {
+    let row = client
+        .query_one(
+            "/* cue-bench */ SELECT (tup_returned + tup_fetched)::float8 FROM pg_stat_database WHERE datname = current_database()",
+            &[],
+        )
+        .map_err(|e| format!("pg_stat_database: {e}"))?;
+    Ok(row.get(0))
+}
+
+/// (statements, execution ms) of everything but the benchmark's own queries.
+fn statement_stats(client: &mut Client) -> Result<(f64, f64), String> {
+    let row = client
+        .query_one(
+            "/* cue-bench */ SELECT COALESCE(sum(calls), 0)::float8, COALESCE(sum(total_exec_time), 0)::float8
+             FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+             WHERE d.datname = current_database() AND query NOT LIKE '%cue-bench%' AND query NOT LIKE '%pg_stat_%'",
+            &[],
+        )
+        .map_err(|e| format!("pg_stat_statements: {e}"))?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// Cap violations after a saturation run: subscriptions over burst, jobs over max cores.
+fn cap_check(client: &mut Client) -> Result<String, String> {
+    let row = client
+        .query_one(
+            "/* cue-bench */ SELECT
+               (SELECT count(*) FROM subscription s WHERE (SELECT COALESCE(sum(p.int_cores_reserved), 0) FROM proc p
+                  JOIN host h ON h.pk_host = p.pk_host WHERE p.pk_show = s.pk_show AND h.pk_alloc = s.pk_alloc) > s.int_burst),
+               (SELECT count(*) FROM job_resource jr WHERE (SELECT COALESCE(sum(p.int_cores_reserved), 0) FROM proc p
+                  WHERE p.pk_job = jr.pk_job) > jr.int_max_cores),
+               (SELECT COALESCE(sum(int_cores), 0)::bigint FROM subscription),
+               (SELECT COALESCE(sum(int_burst), 0)::bigint FROM subscription)",
+            &[],
+        )
+        .map_err(|e| format!("cap check: {e}"))?;
+    let (subs, jobs, booked, burst): (i64, i64, i64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
+    Ok(format!("cap violations: {subs} subscriptions, {jobs} jobs; booked {} of {} burst cores", booked / 100, burst / 100))
+}
+
+fn latency(args: &Args, server: &Server, schema: &str, sql: &str) -> Result<String, String> {
+    let db = format!("bench_latency_{schema}");
+    let mut farm = prepare(server, &db, sql)?;
+    let shrink = args.shrink.max(1);
+    let shape = DrainShape { hosts: (1200 / shrink).max(8), jobs: 0, layers_per_job: 1, frames_per_layer: 5, manual_tags: 8, host_name: workloads::plain_host_name };
+    workloads::seed_drain(&mut farm, &shape, 42)?;
+    let org_row = farm
+        .client
+        .query_one("SELECT f.pk_facility::text, s.pk_show::text, d.pk_dept::text, fo.pk_folder::text FROM facility f, show s, dept d, folder fo", &[])
+        .map_err(|e| e.to_string())?;
+    let org = workloads::Org {
+        facility_id: org_row.get(0),
+        show_id: org_row.get(1),
+        show_name: "stress".into(),
+        dept_id: org_row.get(2),
+        folder_id: org_row.get(3),
+        allocs: vec![],
+    };
+    settle_and_reset(&mut farm.client)?;
+    let mut instances = start_instances(args, server, &db, &format!("latency-{schema}"), 1)?;
+    let port = instances[0].metrics_port;
+    let ready = (0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        procs::http_get(port, "/readyz").map(|(s, _)| s == 200).unwrap_or(false)
+    });
+    if !ready {
+        return Err("scheduler never became ready".into());
+    }
+    let jobs = 20 / shrink.min(10);
+    farm.client.batch_execute("SELECT pg_stat_statements_reset()").map_err(|e| e.to_string())?;
+    let window = Instant::now();
+    for j in 0..jobs {
+        let mut layer = cue_scheduler::sim::farm::LayerSpec::new("render", "1-5", "alloc0 | alloc1 | alloc2");
+        layer.mem_min_kib = 2 * 1_048_576;
+        farm.job(&workloads::job_spec(&org, &format!("latency-job{j:02}"), 10_000_000, vec![layer]))?;
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let window_secs = window.elapsed().as_secs_f64();
+    let (statements, _) = statement_stats(&mut farm.client)?;
+    let usage = procs::stop(&mut instances[0].child, Duration::from_secs(30));
+    let mut latencies: Vec<f64> = farm
+        .client
+        .query(
+            "SELECT extract(epoch FROM min(f.ts_started) - j.ts_started)::float8 FROM job j JOIN frame f ON f.pk_job = j.pk_job
+             WHERE j.str_name LIKE 'latency-job%' AND f.ts_started IS NOT NULL GROUP BY j.pk_job",
+            &[],
+        )
+        .map_err(|e| e.to_string())?
+        .iter()
+        .map(|r| r.get::<_, f64>(0))
+        .collect();
+    latencies.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let pct = |p: f64| latencies.get(((latencies.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN);
+    Ok(format!(
+        "first-dispatch latency ({schema} schema): {} of {jobs} jobs dispatched; p50 {:.3} s, p99 {:.3} s, max {:.3} s; \
+         {:.1} statements/s while mostly idle; scheduler CPU {:.2} s, peak RSS {:.1} MB",
+        latencies.len(),
+        pct(0.5),
+        pct(0.99),
+        latencies.last().copied().unwrap_or(f64::NAN),
+        statements / window_secs,
+        usage.cpu_secs,
+        usage.max_rss_kib as f64 / 1024.0
+    ))
+}
+
+fn table(rows: &[Row]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| workload | schema | inst | booked / eligible | wall s | frames/s | PG exec ms/frame | PG CPU ms/frame | stmts/frame | rows read/frame | sched CPU s | peak RSS MB | wasted attempts | note |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let frames = r.booked.max(1) as f64;
+        let cpu: f64 = r.usage.iter().map(|u| u.cpu_secs).sum();
+        let rss = r.usage.iter().map(|u| u.max_rss_kib).max().unwrap_or(0) as f64 / 1024.0;
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} / {} ({:.1}%) | {:.2} | {:.0} | {:.3} | {:.3} | {:.2} | {:.0} | {:.2} | {:.1} | {:.0} | {} |",
+            r.workload,
+            r.schema,
+            r.instances,
+            r.booked,
+            r.eligible,
+            100.0 * r.booked as f64 / r.eligible.max(1) as f64,
+            r.wall_secs,
+            r.booked as f64 / r.wall_secs.max(1e-9),
+            r.pg_exec_ms / frames,
+            1000.0 * r.pg_cpu_secs / frames,
+            r.statements / frames,
+            r.rows_read / frames,
+            cpu,
+            rss,
+            r.wasted_attempts,
+            r.note
+        );
+    }
+    out
+}

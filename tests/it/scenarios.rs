@@ -1,0 +1,178 @@
+//! Matching rules through the real pipeline and database (issue 3 scenarios).
+
+use crate::support::{self, count, host, job, org, wait_for, wait_settled, Org, Schema, TestDb};
+use cue_scheduler::host_cache::Strategy;
+use cue_scheduler::matcher::Weights;
+use cue_scheduler::metrics::Metrics;
+use cue_scheduler::pipeline::Pipeline;
+use cue_scheduler::settings::Settings;
+use cue_scheduler::sim::fake_rqd::{loopback_address, FakeRqd};
+use cue_scheduler::sim::farm::{HostSpec, JobSpec, LayerSpec};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+const GIB: i64 = 1_048_576;
+
+struct Farm {
+    db: TestDb,
+    org: Org,
+    hosts: Vec<String>,
+}
+
+fn farm(test: &str, block: u8, burst: i64, hosts: impl Fn(&Org, &[String]) -> Vec<HostSpec>, n_hosts: usize) -> Farm {
+    let db = TestDb::new(test, Schema::Project).expect("db");
+    let mut f = db.farm();
+    let org = org(&mut f, burst);
+    let names: Vec<String> = (0..n_hosts).map(|i| loopback_address(block, i)).collect();
+    f.hosts(&hosts(&org, &names)).expect("hosts");
+    Farm { db, org, hosts: names }
+}
+
+fn seed(farm: &Farm, spec: &JobSpec) {
+    farm.db.farm().job(spec).expect("job");
+}
+
+/// Runs the pipeline until the number of running frames stops changing; returns the
+/// launches seen per (frame name, host) and the pipeline's metrics.
+fn run(farm: &Farm, tweak: impl FnOnce(&mut Settings)) -> (Vec<(String, String, i32)>, Arc<Metrics>) {
+    let rqd = FakeRqd::start(&farm.hosts).expect("fake rqd");
+    let mut settings = support::settings(&farm.db, rqd.port);
+    tweak(&mut settings);
+    let pipeline = Pipeline::start(settings, Arc::new(Metrics::new())).expect("start");
+    wait_for(Duration::from_secs(5), || rqd.launch_count() > 0);
+    wait_settled(Duration::from_secs(10), Duration::from_millis(700), || rqd.launch_count() as i64);
+    let metrics = Arc::clone(&pipeline.ctx.metrics);
+    pipeline.shutdown(Duration::from_secs(5));
+    assert_eq!(farm.db.violations(), Vec::<String>::new());
+    let launches = rqd
+        .launches()
+        .into_iter()
+        .map(|l| (l.run_frame.get_frame_name().to_string(), l.host, l.run_frame.get_num_cores()))
+        .collect();
+    (launches, metrics)
+}
+
+fn running(farm: &Farm) -> i64 {
+    count(&mut farm.db.client(), "SELECT count(*) FROM frame WHERE str_state = 'RUNNING'")
+}
+
+#[test]
+fn gpu_layer_lands_only_on_gpu_hosts_and_cpu_work_avoids_them_under_epvm() {
+    let f = farm("gpu", 21, 100_000, |o, h| {
+        let mut gpu = host(&h[0], &o.general_alloc, "general", 16, 64);
+        gpu.gpus = 2;
+        gpu.gpu_mem_kib = 16 * GIB;
+        vec![gpu, host(&h[1], &o.general_alloc, "general", 16, 64)]
+    }, 2);
+    let mut gpu_layer = LayerSpec::new("sim", "1-4", "general");
+    gpu_layer.gpus_min = 1;
+    gpu_layer.gpu_mem_min_kib = 4 * GIB;
+    let cpu_layer = LayerSpec::new("cpu", "1-2", "general");
+    seed(&f, &job(&f.org, "showa-gpu", vec![gpu_layer, cpu_layer]));
+    let (launches, _) = run(&f, |s| {
+        s.strategy = Strategy::Epvm {
+            max_candidates: 500,
+            weights: Weights { cores: 1.0, mem: 1.0, gpus: 2.0, gpu_mem: 1.0, gpu_count_reservation: 2.0, gpu_mem_reservation: 2.0 },
+        }
+    });
+    let gpu_frames: Vec<_> = launches.iter().filter(|l| l.0.ends_with("-sim")).collect();
+    assert_eq!(gpu_frames.len(), 2, "2 GPUs: two GPU frames run, two wait: {launches:?}");
+    assert!(gpu_frames.iter().all(|l| l.1 == f.hosts[0]), "GPU frames only on the GPU host");
+    let cpu_frames: Vec<_> = launches.iter().filter(|l| l.0.ends_with("-cpu")).collect();
+    assert_eq!(cpu_frames.len(), 2);
+    assert!(cpu_frames.iter().all(|l| l.1 == f.hosts[1]), "E-PVM keeps CPU work off the GPU host: {cpu_frames:?}");
+}
+
+#[test]
+fn threadable_layer_on_all_mode_host_takes_idle_cores_within_layer_max() {
+    let f = farm("allmode", 22, 100_000, |o, h| {
+        h.iter()
+            .map(|name| {
+                let mut spec = host(name, &o.general_alloc, "general", 8, 32);
+                spec.thread_mode = 1;
+                spec
+            })
+            .collect()
+    }, 2);
+    let mut wide = LayerSpec::new("wide", "1", "general");
+    wide.threadable = true;
+    let mut capped = LayerSpec::new("capped", "1", "general");
+    capped.threadable = true;
+    capped.cores_max = 300;
+    let single = LayerSpec::new("single", "1-2", "general");
+    seed(&f, &job(&f.org, "showa-all", vec![wide, capped, single]));
+    let (launches, _) = run(&f, |_| {});
+    let cores: HashMap<String, i32> = launches.iter().map(|l| (l.0.clone(), l.2)).collect();
+    assert_eq!(cores.get("0001-wide"), Some(&800), "ALL host: every idle core");
+    assert_eq!(cores.get("0001-capped"), Some(&300), "capped at the layer max");
+    assert!(!cores.contains_key("0001-single"), "non-threadable never on ALL hosts: {launches:?}");
+}
+
+#[test]
+fn layer_limit_caps_running_frames() {
+    let f = farm("limit", 23, 100_000, |o, h| h.iter().map(|n| host(n, &o.general_alloc, "general", 16, 64)).collect(), 3);
+    let ids = f.db.farm().job(&job(&f.org, "showa-limited", vec![LayerSpec::new("lic", "1-10", "general")])).expect("job");
+    let mut client = f.db.client();
+    client
+        .execute("INSERT INTO limit_record (pk_limit_record, str_name, int_max_value) VALUES ('lim-1', 'nuke', 3)", &[])
+        .expect("limit");
+    client
+        .execute("INSERT INTO layer_limit (pk_layer_limit, pk_layer, pk_limit_record) VALUES ('ll-1', $1, 'lim-1')", &[&ids.layers["lic"]])
+        .expect("layer limit");
+    let (launches, _) = run(&f, |_| {});
+    assert_eq!(launches.len(), 3, "limit of 3: {launches:?}");
+    assert_eq!(running(&f), 3);
+}
+
+#[test]
+fn delayed_layer_waits_for_its_start_time() {
+    let f = farm("delay", 24, 100_000, |o, h| h.iter().map(|n| host(n, &o.general_alloc, "general", 16, 64)).collect(), 1);
+    let mut later = LayerSpec::new("later", "1-2", "general");
+    later.start_after_secs = Some(2.5);
+    seed(&f, &job(&f.org, "showa-delay", vec![later]));
+    let rqd = FakeRqd::start(&f.hosts).expect("fake rqd");
+    let pipeline = Pipeline::start(support::settings(&f.db, rqd.port), Arc::new(Metrics::new())).expect("start");
+    std::thread::sleep(Duration::from_millis(1500));
+    let early = rqd.launch_count();
+    let later_ok = wait_for(Duration::from_secs(10), || rqd.launch_count() == 2);
+    pipeline.shutdown(Duration::from_secs(5));
+    assert_eq!(early, 0, "nothing starts before ts_start_after");
+    assert!(later_ok, "frames start once the time has passed");
+}
+
+#[test]
+fn manual_tag_reaches_only_tagged_hosts_and_ignore_tags_is_obeyed() {
+    let f = farm("manual", 25, 100_000, |o, h| {
+        vec![
+            host(&h[0], &o.general_alloc, "general", 16, 64).tag("fx", "MANUAL"),
+            host(&h[1], &o.general_alloc, "general", 16, 64),
+            host(&h[2], &o.general_alloc, "general", 16, 64).tag("retired", "MANUAL"),
+        ]
+    }, 3);
+    seed(&f, &job(&f.org, "showa-fx", vec![LayerSpec::new("fx", "1-4", "fx"), LayerSpec::new("old", "1-2", "retired")]));
+    let (launches, _) = run(&f, |s| s.selection.ignore_tags = vec!["retired".into()]);
+    assert_eq!(launches.len(), 4, "{launches:?}");
+    assert!(launches.iter().all(|l| l.1 == f.hosts[0] && l.0.ends_with("-fx")), "{launches:?}");
+}
+
+#[test]
+fn paused_capped_and_over_burst_work_gets_nothing() {
+    let f = farm("caps", 26, 300, |o, h| h.iter().map(|n| host(n, &o.general_alloc, "general", 16, 64)).collect(), 2);
+    let mut paused = job(&f.org, "showa-paused", vec![LayerSpec::new("p", "1-3", "general")]);
+    paused.paused = true;
+    seed(&f, &paused);
+    let mut capped = job(&f.org, "showa-capped", vec![LayerSpec::new("c", "1-6", "general")]);
+    capped.max_cores = 200;
+    capped.priority = 10;
+    seed(&f, &capped);
+    seed(&f, &job(&f.org, "showa-open", vec![LayerSpec::new("o", "1-6", "general")]));
+    let (launches, metrics) = run(&f, |_| {});
+    let by_job = |suffix: &str| launches.iter().filter(|l| l.0.ends_with(suffix)).count();
+    assert_eq!(by_job("-p"), 0, "paused job gets nothing");
+    assert_eq!(by_job("-c"), 2, "job max 2 cores: two 1-core frames, never more");
+    assert_eq!(launches.len(), 3, "subscription burst of 3 cores: 3 frames in all: {launches:?}");
+    let mut client = f.db.client();
+    assert_eq!(count(&mut client, "SELECT max(int_cores)::bigint FROM subscription"), 300);
+    assert!(metrics.accounting_limit_exceeded_total.with_label_values(&["subscription"]).get() >= 1);
+}
