@@ -59,5 +59,5 @@ pub const SHUTDOWN_POLL_MS: u64 = 50;
 /// (a matcher that panicked). The configured `checkout_timeout` is normally shorter.
 pub const CHECKOUT_LEAK_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// Frames that may be reported in one `explain` layer section.
+/// Fitting hosts `explain` lists per layer.
 pub const EXPLAIN_HOSTS_SHOWN_MAX: usize = 5;

@@ -237,3 +237,7 @@ pub fn epvm_score(host: &Host, layer: &Layer, caps: ScoreCaps, weights: &Weights
         f64::MAX
     }
 }
+
+#[cfg(test)]
+#[path = "matcher_tests.rs"]
+mod tests;

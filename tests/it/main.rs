@@ -7,3 +7,4 @@ mod booking;
 mod binary;
 mod conformance;
 mod scenarios;
+mod explain;
