@@ -8,16 +8,20 @@ use crate::host_cache::HostCache;
 use crate::limits;
 use crate::metrics::Metrics;
 use crate::rqd::RqdClient;
-use crate::settings::Settings;
+use crate::settings::{Settings, Tunables};
 use crossbeam::queue::ArrayQueue;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 pub struct Context {
+    /// Fixed at start-up. The reloadable subset lives in `tunables`.
     pub settings: Settings,
+    tunables: RwLock<Tunables>,
+    /// Set by a reload that changed the cluster selection; the fetcher reloads clusters.
+    pub reload_clusters: AtomicBool,
     pub metrics: Arc<Metrics>,
     pub cache: HostCache,
     pub pool: Pool,
@@ -44,6 +48,8 @@ impl Context {
         let rqd = RqdClient::new(settings.rqd_port, settings.rqd_timeout);
         let bookers = ArrayQueue::new(settings.matcher_threads + settings.dispatch_threads + 2);
         Context {
+            tunables: RwLock::new(settings.tunables()),
+            reload_clusters: AtomicBool::new(false),
             settings,
             metrics,
             cache,
@@ -60,6 +66,22 @@ impl Context {
             frames_launched: AtomicU64::new(0),
             frames_compensated: AtomicU64::new(0),
         }
+    }
+
+    /// The current reloadable settings.
+    pub fn tunables(&self) -> RwLockReadGuard<'_, Tunables> {
+        self.tunables.read()
+    }
+
+    /// Installs reloaded settings; returns what changed.
+    pub fn apply_tunables(&self, new: Tunables) -> Vec<String> {
+        let mut current = self.tunables.write();
+        let changes = new.changes_from(&current);
+        if new.selection != current.selection {
+            self.reload_clusters.store(true, Ordering::SeqCst);
+        }
+        *current = new;
+        changes
     }
 
     pub fn stopping(&self) -> bool {

@@ -94,7 +94,7 @@ impl FetchConnection {
 /// Loads the cluster set from the database under the configured selection.
 pub fn load_clusters(ctx: &Context, client: &mut Client, facility_id: Option<&str>) -> Result<Vec<Cluster>, String> {
     let rows = queries::discover_cluster_rows(client, ctx.managed_mode, facility_id).map_err(|e| e.to_string())?;
-    clusters::build(&rows, &ctx.settings.selection).map_err(|e| e.to_string())
+    clusters::build(&rows, &ctx.tunables().selection).map_err(|e| e.to_string())
 }
 
 pub struct Feed<'a> {
@@ -173,7 +173,7 @@ impl<'a> Feed<'a> {
     }
 
     fn finish(&mut self, finished: PassDone) {
-        let settings = &self.ctx.settings;
+        let settings = self.ctx.tunables().clone();
         let Some(slot) = self.slots.iter_mut().find(|s| s.cluster == finished.cluster) else { return };
         slot.in_flight = false;
         let label = slot.cluster.kind.label();
@@ -193,8 +193,9 @@ impl<'a> Feed<'a> {
     /// Reload, awake scan, heartbeat and gauges, each when due.
     fn maintain(&mut self) {
         let now = Instant::now();
-        let settings = &self.ctx.settings;
-        if now.duration_since(self.last_reload) >= settings.cluster_reload_interval {
+        let settings = self.ctx.tunables().clone();
+        let reload_asked = self.ctx.reload_clusters.swap(false, Ordering::SeqCst);
+        if reload_asked || now.duration_since(self.last_reload) >= settings.cluster_reload_interval {
             self.last_reload = now;
             self.reload();
         }
@@ -351,7 +352,7 @@ impl<'a> Feed<'a> {
         let now = Instant::now();
         let earliest = self.slots.iter().filter(|s| !s.in_flight).filter_map(|s| s.wake_at.map(|(t, _)| t)).min();
         let until_wake = earliest.map_or(Duration::from_millis(100), |t| t.saturating_duration_since(now));
-        let until_scan = self.ctx.settings.active_scan_interval.saturating_sub(now.duration_since(self.last_scan));
+        let until_scan = self.ctx.tunables().active_scan_interval.saturating_sub(now.duration_since(self.last_scan));
         let until_probe = Duration::from_millis(crate::limits::WAKE_PROBE_INTERVAL_MS).saturating_sub(now.duration_since(self.last_probe));
         until_wake.min(until_scan).min(until_probe).clamp(Duration::from_millis(1), Duration::from_millis(crate::limits::SHUTDOWN_POLL_MS))
     }
@@ -381,8 +382,9 @@ impl<'a> Feed<'a> {
                 if e.is_connection_lost() {
                     self.connection = None;
                 }
-                error!("cluster {cluster}: pending-work query failed, cluster sleeps {:?}: {e}", ctx.settings.cluster_empty_sleep);
-                slot.wake_at = Some((now + ctx.settings.cluster_empty_sleep, SleepReason::NoWork));
+                let sleep = ctx.tunables().cluster_empty_sleep;
+                error!("cluster {cluster}: pending-work query failed, cluster sleeps {sleep:?}: {e}");
+                slot.wake_at = Some((now + sleep, SleepReason::NoWork));
                 ctx.metrics.pass_terminated_reason_total.with_label_values(&["query_error"]).inc();
                 return None;
             }
@@ -391,7 +393,7 @@ impl<'a> Feed<'a> {
         let jobs = count_jobs(&work);
         ctx.metrics.jobs_queried_total.inc_by(jobs as u64);
         if work.is_empty() {
-            slot.wake_at = Some((now + ctx.settings.cluster_empty_sleep, SleepReason::NoWork));
+            slot.wake_at = Some((now + ctx.tunables().cluster_empty_sleep, SleepReason::NoWork));
             ctx.metrics.pass_terminated_reason_total.with_label_values(&["no_jobs"]).inc();
             ctx.metrics.frames_dispatched_per_pass.with_label_values(&[cluster.kind.label()]).observe(0.0);
             self.empty_passes += 1;

@@ -52,7 +52,7 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Some(Command::Explain(args)) => cue_scheduler_explain(&config, &args),
-        None => run(&config),
+        None => run(&config, &cli),
     }
 }
 
@@ -101,7 +101,7 @@ fn load_config(cli: &Cli) -> Result<Config, String> {
     Ok(config)
 }
 
-fn run(config: &Config) -> ExitCode {
+fn run(config: &Config, cli: &Cli) -> ExitCode {
     let settings = match Settings::from_config(config) {
         Ok(settings) => settings,
         Err(e) => {
@@ -126,6 +126,7 @@ fn run(config: &Config) -> ExitCode {
         info!("metrics on http://0.0.0.0:{port}/metrics");
     }
     let mut debug_on = logging::level() == logging::Level::Debug;
+    let mut current = config.clone();
     loop {
         std::thread::sleep(Duration::from_millis(cue_scheduler::limits::SHUTDOWN_POLL_MS));
         if signals::terminate_requested() {
@@ -141,25 +142,57 @@ fn run(config: &Config) -> ExitCode {
             info!("debug logging {}", if debug_on { "on" } else { "off" });
         }
         if signals::take_reload() {
-            reload(config);
+            if let Some(new) = reload(&current, cli, &pipeline) {
+                current = new;
+            }
         }
     }
     pipeline.shutdown(drain);
     ExitCode::SUCCESS
 }
 
-/// SIGHUP: re-reads the configuration and applies the log level; reports other changes.
-fn reload(current: &Config) {
-    let env: Vec<(String, String)> = std::env::vars().collect();
-    match Config::load(None, &env) {
-        Err(e) => warn!("SIGHUP: configuration not reloaded: {e}"),
-        Ok((new, _)) => {
-            if new.logging.level != current.logging.level {
-                logging::set_level(logging::level_from_filter(&new.logging.level));
-                info!("SIGHUP: logging.level {} -> {}", current.logging.level, new.logging.level);
-            } else {
-                info!("SIGHUP: configuration re-read; logging level unchanged");
-            }
+/// SIGHUP: re-reads the configuration (same file, environment and flags as at start-up) and
+/// applies its reloadable parts — log level, intervals, sleeps, cluster selection — logging
+/// each change. Other changes need a restart and are reported as such.
+fn reload(current: &Config, cli: &Cli, pipeline: &Pipeline) -> Option<Config> {
+    let new = match load_config(cli) {
+        Ok(new) => new,
+        Err(e) => {
+            warn!("SIGHUP: configuration not reloaded, keeping the running one: {e}");
+            return None;
         }
+    };
+    let settings = match Settings::from_config(&new) {
+        Ok(settings) => settings,
+        Err(e) => {
+            warn!("SIGHUP: configuration not reloaded, keeping the running one: {e}");
+            return None;
+        }
+    };
+    if new.logging.level != current.logging.level {
+        logging::set_level(logging::level_from_filter(&new.logging.level));
+        info!("SIGHUP: logging.level {} -> {}", current.logging.level, new.logging.level);
     }
+    let changes = pipeline.ctx.apply_tunables(settings.tunables());
+    for change in &changes {
+        info!("SIGHUP: {change}");
+    }
+    let mut restart_only = new.clone();
+    restart_only.logging.level = current.logging.level.clone();
+    restart_only.queue.cluster_empty_sleep = current.queue.cluster_empty_sleep;
+    restart_only.queue.cluster_saturated_sleep = current.queue.cluster_saturated_sleep;
+    restart_only.queue.cluster_reload_interval = current.queue.cluster_reload_interval;
+    restart_only.queue.active_scan_interval = current.queue.active_scan_interval;
+    restart_only.queue.monitor_interval = current.queue.monitor_interval;
+    restart_only.host_cache.monitoring_interval = current.host_cache.monitoring_interval;
+    restart_only.host_cache.clean_up_interval = current.host_cache.clean_up_interval;
+    restart_only.scheduler = current.scheduler.clone();
+    restart_only.warnings = current.warnings.clone();
+    if restart_only != *current {
+        warn!("SIGHUP: other configuration changes take effect only after a restart");
+    }
+    if changes.is_empty() && new.logging.level == current.logging.level {
+        info!("SIGHUP: configuration re-read; nothing reloadable changed");
+    }
+    Some(new)
 }

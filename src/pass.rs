@@ -280,6 +280,10 @@ fn book_on_host(
     let mut remaining_units = (job.max_cores > 0).then(|| job.max_cores - job.cores_in_use - *job_booked_units);
     let mut planned = Vec::new();
     for (frame, _) in frames.iter().take(ctx.settings.frames_per_layer) {
+        // §3.9 step 1: stop when the job's remaining cores cannot hold another frame.
+        if remaining_units.is_some_and(|units| units < min_frame_units(work)) {
+            break;
+        }
         let Ok(cores) = matcher::reserve_cores(&simulated, layer, remaining_units, &ctx.settings.policy) else { break };
         planned.push(PlannedFrame { frame_id: frame.id.clone(), version: frame.version, cores });
         simulated.cores_idle -= cores;

@@ -221,11 +221,11 @@ fn join(handle: Option<JoinHandle<()>>, what: &str) {
 /// Re-fetches every cached group each `monitoring_interval` and sweeps stale hosts each
 /// `clean_up_interval`.
 fn run_cache_refresh(ctx: &Context) {
-    let settings = &ctx.settings;
     let mut last_refresh = Instant::now();
     let mut last_clean = Instant::now();
     while !ctx.stopping() {
         std::thread::sleep(Duration::from_millis(limits::SHUTDOWN_POLL_MS));
+        let settings = ctx.tunables().clone();
         if last_refresh.elapsed() >= settings.monitoring_interval {
             last_refresh = Instant::now();
             if let Err(e) = refresh_groups(ctx) {

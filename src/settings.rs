@@ -41,7 +41,58 @@ pub struct Settings {
     pub shutdown_drain_timeout: Duration,
 }
 
+/// The settings SIGHUP may change while the pipeline runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tunables {
+    pub selection: Selection,
+    pub cluster_empty_sleep: Duration,
+    pub cluster_saturated_sleep: Duration,
+    pub cluster_reload_interval: Duration,
+    pub active_scan_interval: Duration,
+    pub monitoring_interval: Duration,
+    pub clean_up_interval: Duration,
+    pub monitor_interval: Duration,
+}
+
+impl Tunables {
+    /// One line per changed value, for the reload log.
+    pub fn changes_from(&self, old: &Tunables) -> Vec<String> {
+        let mut out = Vec::new();
+        let durations = [
+            ("queue.cluster_empty_sleep", old.cluster_empty_sleep, self.cluster_empty_sleep),
+            ("queue.cluster_saturated_sleep", old.cluster_saturated_sleep, self.cluster_saturated_sleep),
+            ("queue.cluster_reload_interval", old.cluster_reload_interval, self.cluster_reload_interval),
+            ("queue.active_scan_interval", old.active_scan_interval, self.active_scan_interval),
+            ("host_cache.monitoring_interval", old.monitoring_interval, self.monitoring_interval),
+            ("host_cache.clean_up_interval", old.clean_up_interval, self.clean_up_interval),
+            ("queue.monitor_interval", old.monitor_interval, self.monitor_interval),
+        ];
+        for (key, before, after) in durations {
+            if before != after {
+                out.push(format!("{key}: {before:?} -> {after:?}"));
+            }
+        }
+        if self.selection != old.selection {
+            out.push(format!("cluster selection: {:?} -> {:?}", old.selection, self.selection));
+        }
+        out
+    }
+}
+
 impl Settings {
+    pub fn tunables(&self) -> Tunables {
+        Tunables {
+            selection: self.selection.clone(),
+            cluster_empty_sleep: self.cluster_empty_sleep,
+            cluster_saturated_sleep: self.cluster_saturated_sleep,
+            cluster_reload_interval: self.cluster_reload_interval,
+            active_scan_interval: self.active_scan_interval,
+            monitoring_interval: self.monitoring_interval,
+            clean_up_interval: self.clean_up_interval,
+            monitor_interval: self.monitor_interval,
+        }
+    }
+
     /// Derives the pipeline's settings from a loaded configuration (CLI overrides already
     /// applied to it). Fails on a manual-tag entry that is not `tag` or `show:tag`.
     pub fn from_config(config: &crate::config::Config) -> Result<Settings, String> {

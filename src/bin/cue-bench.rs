@@ -33,6 +33,9 @@ struct Args {
     /// seconds before a run is given up
     #[argh(option, default = "120")]
     timeout_secs: u64,
+    /// also print the N statements with the most execution time per run
+    #[argh(option, default = "0")]
+    top: usize,
     /// directory for configs and scheduler logs
     #[argh(option, default = "String::from(\"bench-out\")")]
     out: String,
@@ -108,14 +111,21 @@ fn prepare(server: &Server, name: &str, schema_sql: &str) -> Result<Farm, String
 
 /// Resets the statistics right before the schedulers start.
 fn settle_and_reset(client: &mut Client) -> Result<(), String> {
-    client
-        .batch_execute(
-            "CREATE EXTENSION IF NOT EXISTS pg_stat_statements;
-             UPDATE host_stat SET ts_ping = now();
-             VACUUM ANALYZE;",
-        )
-        .map_err(|e| format!("prepare statistics (is pg_stat_statements preloaded?): {e}"))?;
-    client.batch_execute("SELECT pg_stat_statements_reset(); SELECT pg_stat_reset();").map_err(|e| format!("reset statistics: {e}"))
+    let steps = [
+        "CREATE EXTENSION IF NOT EXISTS pg_stat_statements",
+        "UPDATE host_stat SET ts_ping = now()",
+        "VACUUM ANALYZE",
+        "SELECT pg_stat_statements_reset()",
+        "SELECT pg_stat_reset()",
+    ];
+    for step in steps {
+        client.batch_execute(step).map_err(|e| format!("{step} (is pg_stat_statements preloaded?): {}", db_message(&e)))?;
+    }
+    Ok(())
+}
+
+fn db_message(e: &postgres::Error) -> String {
+    e.as_db_error().map_or_else(|| e.to_string(), |db| db.message().to_string())
 }
 
 fn write_config(args: &Args, server: &Server, db: &str, tag: &str, port: u16) -> Result<PathBuf, String> {
@@ -181,6 +191,9 @@ fn throughput(args: &Args, server: &Server, workload: &str, schema: &str, sql: &
         .map(|(_, page)| procs::metric_sum(&page, "scheduler_checkout_outcome_total", None) - procs::metric_sum(&page, "scheduler_checkout_outcome_total", Some("\"booked\"")))
         .sum();
     let (statements, exec_ms) = statement_stats(&mut poller)?;
+    if args.top > 0 {
+        print_top_statements(&mut poller, args.top, booked)?;
+    }
     let rows = rows_read(&mut poller)? - rows_before;
     let usage: Vec<Usage> = instances.iter_mut().map(|i| procs::stop(&mut i.child, Duration::from_secs(30))).collect();
     let note = if workload == "saturation" { cap_check(&mut poller)? } else { String::new() };
@@ -244,6 +257,26 @@ fn statement_stats(client: &mut Client) -> Result<(f64, f64), String> {
         )
         .map_err(|e| format!("pg_stat_statements: {e}"))?;
     Ok((row.get(0), row.get(1)))
+}
+
+fn print_top_statements(client: &mut Client, n: usize, frames: i64) -> Result<(), String> {
+    let rows = client
+        .query(
+            "/* cue-bench */ SELECT calls::float8, total_exec_time::float8, rows::float8,
+                    regexp_replace(left(query, 110), '\\s+', ' ', 'g')
+             FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+             WHERE d.datname = current_database() AND query NOT LIKE '%cue-bench%'
+             ORDER BY total_exec_time DESC LIMIT $1",
+            &[&(n as i64)],
+        )
+        .map_err(|e| format!("top statements: {}", db_message(&e)))?;
+    eprintln!("  top statements (per booked frame: calls, exec ms, rows):");
+    for row in rows {
+        let (calls, ms, rows_out, text): (f64, f64, f64, String) = (row.get(0), row.get(1), row.get(2), row.get(3));
+        let f = frames.max(1) as f64;
+        eprintln!("  {:8.3} {:8.3} {:8.2}  {text}", calls / f, ms / f, rows_out / f);
+    }
+    Ok(())
 }
 
 /// Cap violations after a saturation run: subscriptions over burst, jobs over max cores.
