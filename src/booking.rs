@@ -53,6 +53,112 @@ fn start_frames_sql() -> String {
     )
 }
 
+/// Frame start for a batch: frames of several layers of several jobs on several hosts. Rows
+/// that several writers may share are locked first, in a fixed order (layer_stat by key,
+/// job_stat by key, frames by key), so concurrent batches cannot deadlock on them; Cuebot's
+/// status trigger then only touches rows this transaction already holds.
+fn start_batch_sql() -> String {
+    let limit_ok = layer_limit_ok("l.pk_layer");
+    format!(
+        "WITH b AS (
+           SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[],
+                                $7::bigint[], $8::bigint[], $9::bigint[], $10::text[])
+             AS b(id, expected_version, cores, layer, host_name, host_id, mem, gpus, gpu_mem, job)),
+         ls AS (SELECT pk_layer FROM layer_stat WHERE pk_layer = ANY($4::text[]) ORDER BY pk_layer FOR UPDATE),
+         js AS (SELECT pk_job FROM job_stat WHERE pk_job = ANY($13::text[]) AND (SELECT count(*) FROM ls) >= 0
+                ORDER BY pk_job FOR UPDATE),
+         lf AS (SELECT f.pk_frame FROM frame f WHERE f.pk_frame = ANY($1::text[]) AND (SELECT count(*) FROM js) >= 0
+                ORDER BY f.pk_frame FOR UPDATE),
+         started AS (
+           UPDATE frame f SET str_state = 'RUNNING', str_host = b.host_name, int_cores = b.cores,
+                  int_mem_reserved = b.mem, int_gpus = b.gpus, int_gpu_mem_reserved = b.gpu_mem,
+                  ts_updated = now(), ts_started = now(), ts_stopped = NULL,
+                  int_version = COALESCE(f.int_version, 0) + 1,
+                  int_retries = f.int_retries + CASE WHEN f.int_exit_status <> ALL ({RETRY_EXEMPT_STATUSES}) THEN 1 ELSE 0 END
+           FROM b
+           WHERE f.pk_frame = b.id AND f.pk_frame IN (SELECT pk_frame FROM lf)
+             AND f.pk_layer = b.layer AND f.pk_job = b.job AND f.str_state = 'WAITING'
+             AND COALESCE(f.int_version, 0) = b.expected_version
+             AND EXISTS (SELECT 1 FROM layer l WHERE l.pk_layer = b.layer
+                           AND (l.ts_start_after IS NULL OR l.ts_start_after <= now()) AND {limit_ok})
+           RETURNING f.pk_frame, f.int_version::bigint AS version, b.*),
+         procs AS (
+           INSERT INTO proc (pk_proc, pk_host, pk_show, pk_layer, pk_job, pk_frame, int_cores_reserved,
+                             int_mem_reserved, int_mem_pre_reserved, int_mem_used, int_gpus_reserved,
+                             int_gpu_mem_reserved, int_gpu_mem_pre_reserved, b_local)
+           SELECT gen_random_uuid()::text, s.host_id, $11, s.layer, s.job, s.pk_frame, s.cores, s.mem, s.mem, $12,
+                  s.gpus, s.gpu_mem, s.gpu_mem, false
+           FROM started s
+           RETURNING pk_proc, pk_frame)
+         SELECT p.pk_proc::text, p.pk_frame::text, s.version, s.cores
+         FROM procs p JOIN started s ON s.pk_frame = p.pk_frame"
+    )
+}
+
+/// Host decrements and rollup increments for a batch, every guard in place. Each table's rows
+/// are locked in key order, tables in the fixed order host, subscription, layer_resource,
+/// job_resource, folder_resource, point (each lock step waits for the previous update). The
+/// caller compares the counts with what it planned and rolls back on any shortfall.
+const CHARGE_BATCH_SQL: &str = "
+    WITH hp AS (
+      SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]) AS x(host, c, m, g, gm)),
+    hl AS (SELECT pk_host FROM host WHERE pk_host = ANY($1::text[]) ORDER BY pk_host FOR UPDATE),
+    h AS (
+      UPDATE host SET int_cores_idle = int_cores_idle - hp.c, int_mem_idle = int_mem_idle - hp.m,
+                      int_gpus_idle = int_gpus_idle - hp.g, int_gpu_mem_idle = int_gpu_mem_idle - hp.gm
+      FROM hp
+      WHERE host.pk_host = hp.host AND host.pk_host IN (SELECT pk_host FROM hl)
+        AND host.int_cores_idle >= hp.c AND host.int_mem_idle >= hp.m
+        AND host.int_gpus_idle >= hp.g AND host.int_gpu_mem_idle >= hp.gm
+      RETURNING host.pk_host, host.pk_alloc, hp.c, hp.m, hp.g, host.int_cores_idle, host.int_mem_idle,
+                host.int_gpus_idle, host.int_gpu_mem_idle),
+    sa AS (SELECT pk_alloc, sum(c) AS c, sum(g) AS g FROM h GROUP BY pk_alloc),
+    sl AS (SELECT s.pk_subscription FROM subscription s
+           WHERE s.pk_show = $6 AND s.pk_alloc IN (SELECT pk_alloc FROM sa) ORDER BY s.pk_alloc FOR UPDATE),
+    sub AS (
+      UPDATE subscription s SET int_cores = s.int_cores + sa.c, int_gpus = s.int_gpus + sa.g
+      FROM sa WHERE s.pk_show = $6 AND s.pk_alloc = sa.pk_alloc AND s.pk_subscription IN (SELECT pk_subscription FROM sl)
+        AND s.int_cores + sa.c <= s.int_burst
+      RETURNING 1),
+    lp AS (SELECT * FROM unnest($7::text[], $8::bigint[], $9::bigint[]) AS x(layer, c, g)),
+    ll AS (SELECT pk_layer FROM layer_resource WHERE pk_layer = ANY($7::text[]) AND (SELECT count(*) FROM sub) >= 0
+           ORDER BY pk_layer FOR UPDATE),
+    lr AS (
+      UPDATE layer_resource x SET int_cores = x.int_cores + lp.c, int_gpus = x.int_gpus + lp.g
+      FROM lp WHERE x.pk_layer = lp.layer AND x.pk_layer IN (SELECT pk_layer FROM ll) RETURNING 1),
+    jp AS (SELECT * FROM unnest($10::text[], $11::bigint[], $12::bigint[]) AS x(job, c, g)),
+    jl AS (SELECT pk_job FROM job_resource WHERE pk_job = ANY($10::text[]) AND (SELECT count(*) FROM lr) >= 0
+           ORDER BY pk_job FOR UPDATE),
+    jr AS (
+      UPDATE job_resource x SET int_cores = x.int_cores + jp.c, int_gpus = x.int_gpus + jp.g
+      FROM jp WHERE x.pk_job = jp.job AND x.pk_job IN (SELECT pk_job FROM jl)
+        AND x.int_cores + jp.c <= x.int_max_cores AND x.int_gpus + jp.g <= x.int_max_gpus
+      RETURNING 1),
+    fp AS (SELECT * FROM unnest($13::text[], $14::bigint[], $15::bigint[]) AS x(folder, c, g)),
+    fl AS (SELECT pk_folder FROM folder_resource WHERE pk_folder = ANY($13::text[]) AND (SELECT count(*) FROM jr) >= 0
+           ORDER BY pk_folder FOR UPDATE),
+    fr AS (
+      UPDATE folder_resource x SET int_cores = x.int_cores + fp.c, int_gpus = x.int_gpus + fp.g
+      FROM fp WHERE x.pk_folder = fp.folder AND x.pk_folder IN (SELECT pk_folder FROM fl)
+        AND (x.int_max_cores < 0 OR x.int_cores + fp.c <= x.int_max_cores)
+        AND (x.int_max_gpus < 0 OR x.int_gpus + fp.g <= x.int_max_gpus)
+      RETURNING 1),
+    pp AS (SELECT * FROM unnest($16::text[], $17::bigint[], $18::bigint[]) AS x(dept, c, g)),
+    pl AS (SELECT pk_point FROM point WHERE pk_show = $6 AND pk_dept = ANY($16::text[]) AND (SELECT count(*) FROM fr) >= 0
+           ORDER BY pk_dept FOR UPDATE),
+    pt AS (
+      UPDATE point x SET int_cores = x.int_cores + pp.c, int_gpus = x.int_gpus + pp.g
+      FROM pp WHERE x.pk_show = $6 AND x.pk_dept = pp.dept AND x.pk_point IN (SELECT pk_point FROM pl) RETURNING 1),
+    hs AS (
+      UPDATE host_stat x SET int_mem_free = GREATEST(x.int_mem_free - h.m, 0)
+      FROM h WHERE x.pk_host = h.pk_host AND $19 RETURNING 1)
+    SELECT (SELECT count(*) FROM h), (SELECT count(*) FROM sa), (SELECT count(*) FROM sub),
+           (SELECT count(*) FROM lr), (SELECT count(*) FROM jr), (SELECT count(*) FROM fr),
+           (SELECT count(*) FROM pt) + (SELECT count(*) FROM hs),
+           ARRAY(SELECT pk_host::text FROM h ORDER BY pk_host), ARRAY(SELECT int_cores_idle::bigint FROM h ORDER BY pk_host),
+           ARRAY(SELECT int_mem_idle::bigint FROM h ORDER BY pk_host), ARRAY(SELECT int_gpus_idle::bigint FROM h ORDER BY pk_host),
+           ARRAY(SELECT int_gpu_mem_idle::bigint FROM h ORDER BY pk_host), extract(epoch FROM now())::float8";
+
 const CHARGE_SQL: &str = "
     WITH h AS (
       UPDATE host SET int_cores_idle = int_cores_idle - $2, int_mem_idle = int_mem_idle - $3,
@@ -193,6 +299,40 @@ impl Cap {
     }
 }
 
+/// One frame of a batch: which host, with what, and whose accounting it charges.
+#[derive(Clone, Debug)]
+pub struct BatchFrame {
+    pub frame_id: String,
+    pub version: i32,
+    pub cores: i64,
+    pub layer_id: String,
+    pub job_id: String,
+    pub folder_id: String,
+    pub dept_id: String,
+    pub host_id: String,
+    pub host_name: String,
+    pub mem: i64,
+    pub gpus: i64,
+    pub gpu_mem: i64,
+}
+
+/// Frames of one show's jobs and layers on several hosts, booked in one transaction, all or
+/// nothing. None of the layers may have limits (those need a statement per frame).
+pub struct Batch<'a> {
+    pub show_id: &'a str,
+    pub mem_used_initial: i64,
+    pub update_stat_on_book: bool,
+    pub frames: Vec<BatchFrame>,
+}
+
+#[derive(Debug)]
+pub enum BatchOutcome {
+    Booked { frames: Vec<BookedFrame>, hosts: Vec<(String, IdleValues)>, db_time: f64 },
+    /// Something did not go exactly as planned (a frame taken, a host or cap short): nothing
+    /// was written; book smaller parts.
+    Conflict,
+}
+
 /// A dedicated connection with the booking statements prepared once.
 pub struct Booker {
     settings: DbSettings,
@@ -202,6 +342,8 @@ pub struct Booker {
 struct Statements {
     start: Statement,
     charge: Statement,
+    start_batch: Statement,
+    charge_batch: Statement,
     clear: Statement,
     unbook: Statement,
 }
@@ -219,9 +361,11 @@ impl Booker {
             let mut client = db::connect(&self.settings, "booking connection")?;
             let start = client.prepare(&start_frames_sql()).map_err(DbError::query("prepare frame start"))?;
             let charge = client.prepare(CHARGE_SQL).map_err(DbError::query("prepare host charge"))?;
+            let start_batch = client.prepare(&start_batch_sql()).map_err(DbError::query("prepare batch frame start"))?;
+            let charge_batch = client.prepare(CHARGE_BATCH_SQL).map_err(DbError::query("prepare batch charge"))?;
             let clear = client.prepare(CLEAR_FRAME_SQL).map_err(DbError::query("prepare frame clear"))?;
             let unbook = client.prepare(UNBOOK_SQL).map_err(DbError::query("prepare unbook"))?;
-            self.client = Some((client, Statements { start, charge, clear, unbook }));
+            self.client = Some((client, Statements { start, charge, start_batch, charge_batch, clear, unbook }));
         }
         self.client.as_mut().ok_or(DbError::Connect { context: "booking connection", message: "unavailable".into() })
     }
@@ -237,6 +381,24 @@ impl Booker {
                     attempt += 1;
                     std::thread::sleep(Duration::from_millis(limits::BOOKING_RETRY_PAUSE_MS * u64::from(attempt)));
                 }
+                Err(e) => {
+                    if e.is_connection_lost() {
+                        self.client = None;
+                    }
+                    return Err(e);
+                }
+                Ok(outcome) => return Ok(outcome),
+            }
+        }
+    }
+
+    /// Books a batch in one transaction, all or nothing.
+    pub fn book_batch(&mut self, batch: &Batch) -> Result<BatchOutcome, DbError> {
+        let mut attempt = 1;
+        loop {
+            let (client, statements) = self.connection()?;
+            match book_batch_once(client, statements, batch) {
+                Err(e) if e.is_transient() && attempt < limits::BOOKING_ATTEMPTS_MAX => attempt += 1,
                 Err(e) => {
                     if e.is_connection_lost() {
                         self.client = None;
@@ -319,6 +481,91 @@ fn book_once(client: &mut Client, statements: &Statements, plan: &BatchPlan) -> 
     let db_time: f64 = col(row, 7, CTX)?;
     txn.commit().map_err(DbError::query("commit booking"))?;
     Ok(BookOutcome::Booked { frames: booked, idle, db_time })
+}
+
+fn book_batch_once(client: &mut Client, statements: &Statements, batch: &Batch) -> Result<BatchOutcome, DbError> {
+    const CTX: &str = "book batch";
+    let f = &batch.frames;
+    let strs = |get: fn(&BatchFrame) -> &str| f.iter().map(get).collect::<Vec<&str>>();
+    let nums = |get: fn(&BatchFrame) -> i64| f.iter().map(get).collect::<Vec<i64>>();
+    let jobs = sums_by(f, |x| x.job_id.as_str());
+    let job_keys: Vec<&str> = jobs.iter().map(|j| j.0).collect();
+    let mut txn = client.transaction().map_err(DbError::query("begin batch booking"))?;
+    let rows = txn
+        .query(
+            &statements.start_batch,
+            &[&strs(|x| &x.frame_id), &nums(|x| i64::from(x.version)), &nums(|x| x.cores), &strs(|x| &x.layer_id),
+              &strs(|x| &x.host_name), &strs(|x| &x.host_id), &nums(|x| x.mem), &nums(|x| x.gpus), &nums(|x| x.gpu_mem),
+              &strs(|x| &x.job_id), &batch.show_id, &batch.mem_used_initial, &job_keys],
+        )
+        .map_err(DbError::query(CTX))?;
+    if rows.len() != f.len() {
+        txn.rollback().map_err(DbError::query("roll back batch booking"))?;
+        return Ok(BatchOutcome::Conflict);
+    }
+    let mut booked = Vec::with_capacity(rows.len());
+    for row in &rows {
+        booked.push(BookedFrame {
+            proc_id: col(row, 0, CTX)?,
+            frame_id: col(row, 1, CTX)?,
+            version: col::<i64>(row, 2, CTX)? as i32,
+            cores: col(row, 3, CTX)?,
+        });
+    }
+    let hosts = sums_by(f, |x| x.host_id.as_str());
+    let layers = sums_by(f, |x| x.layer_id.as_str());
+    let folders = sums_by(f, |x| x.folder_id.as_str());
+    let depts = sums_by(f, |x| x.dept_id.as_str());
+    let keys = |v: &Vec<(&str, [i64; 4])>| v.iter().map(|x| x.0.to_string()).collect::<Vec<String>>();
+    let pick = |v: &Vec<(&str, [i64; 4])>, i: usize| v.iter().map(|x| x.1[i]).collect::<Vec<i64>>();
+    let row = txn.query_one(
+        &statements.charge_batch,
+        &[&keys(&hosts), &pick(&hosts, 0), &pick(&hosts, 1), &pick(&hosts, 2), &pick(&hosts, 3), &batch.show_id,
+          &keys(&layers), &pick(&layers, 0), &pick(&layers, 2), &keys(&jobs), &pick(&jobs, 0), &pick(&jobs, 2),
+          &keys(&folders), &pick(&folders, 0), &pick(&folders, 2), &keys(&depts), &pick(&depts, 0), &pick(&depts, 2),
+          &batch.update_stat_on_book],
+    );
+    let row = match row {
+        Ok(row) => row,
+        Err(e) => {
+            return match refused_by_trigger(txn, DbError::Query { context: CTX, source: e }) {
+                Ok(_) => Ok(BatchOutcome::Conflict),
+                Err(e) => Err(e),
+            };
+        }
+    };
+    let counts: Vec<i64> = (0..6).map(|i| col(&row, i, CTX)).collect::<Result<_, _>>()?;
+    let expected = [hosts.len() as i64, counts[1], counts[1], layers.len() as i64, jobs.len() as i64, folders.len() as i64];
+    if counts[0] != expected[0] || counts[2] != expected[2] || counts[3] != expected[3] || counts[4] != expected[4] || counts[5] != expected[5] {
+        txn.rollback().map_err(DbError::query("roll back batch booking"))?;
+        return Ok(BatchOutcome::Conflict);
+    }
+    let (ids, c, m, g, gm): (Vec<String>, Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>) =
+        (col(&row, 7, CTX)?, col(&row, 8, CTX)?, col(&row, 9, CTX)?, col(&row, 10, CTX)?, col(&row, 11, CTX)?);
+    let db_time: f64 = col(&row, 12, CTX)?;
+    txn.commit().map_err(DbError::query("commit batch booking"))?;
+    let idle = ids
+        .into_iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let v = |a: &Vec<i64>| a.get(i).copied().unwrap_or(0);
+            (id, IdleValues { cores_idle: v(&c), mem_idle: v(&m), gpus_idle: v(&g), gpu_mem_idle: v(&gm) })
+        })
+        .collect();
+    Ok(BatchOutcome::Booked { frames: booked, hosts: idle, db_time })
+}
+
+/// Per-key sums of (cores, mem, gpus, gpu_mem), keys sorted (a fixed lock order for hosts).
+fn sums_by<'a>(frames: &'a [BatchFrame], key: fn(&'a BatchFrame) -> &'a str) -> Vec<(&'a str, [i64; 4])> {
+    let mut sums: std::collections::BTreeMap<&str, [i64; 4]> = std::collections::BTreeMap::new();
+    for f in frames {
+        let entry = sums.entry(key(f)).or_insert([0; 4]);
+        entry[0] += f.cores;
+        entry[1] += f.mem;
+        entry[2] += f.gpus;
+        entry[3] += f.gpu_mem;
+    }
+    sums.into_iter().collect()
 }
 
 /// Maps Cuebot's guard-trigger messages to outcomes; anything else stays an error.

@@ -3,13 +3,14 @@
 //! check out a host, plan as many frames as fit, book them in one guarded transaction, check
 //! the host back in with the values the database returned, and queue the launches.
 
-use crate::booking::{BatchPlan, BookOutcome, Cap, PlannedFrame};
+use crate::booking::{Batch, BatchFrame, BatchOutcome, BatchPlan, BookOutcome, BookedFrame, Cap, PlannedFrame};
+use crate::host_cache::IdleValues;
 use crate::context::Context;
 use crate::db;
 use crate::frameset::{self, PreparedCommand, TokenInput};
 use crate::host_cache::{GroupKey, Search};
 use crate::matcher::{self, ScoreCaps};
-use crate::model::{Cluster, ClusterKind, Frame, Host, LayerWork, CORE_UNITS_PER_CORE};
+use crate::model::{Cluster, ClusterKind, Frame, Host, Job, LayerWork, CORE_UNITS_PER_CORE};
 use crate::queries::{self, read_host_row, HostRow};
 use crate::rqd::{build_run_frame, Reservation};
 use crate::protos::rqd::RunFrame;
@@ -58,7 +59,10 @@ impl std::ops::Add for PassResult {
     }
 }
 
-/// Processes a pass: jobs in parallel on the current rayon pool.
+/// Processes a pass in three steps: plan every job in parallel on the current rayon pool
+/// (host checkouts), book everything planned in one transaction (falling back to one
+/// transaction per job, then per host, if anything conflicts), then run the per-layer host
+/// loop for what is left, jobs again in parallel.
 pub fn run_pass(ctx: &Context, pass: &Pass, launches: &Sender<Launch>) -> PassResult {
     let mut jobs: Vec<&[LayerWork]> = Vec::new();
     let mut start = 0;
@@ -68,9 +72,13 @@ pub fn run_pass(ctx: &Context, pass: &Pass, launches: &Sender<Launch>) -> PassRe
             start = i;
         }
     }
-    jobs.par_iter()
-        .map(|layers| run_job(ctx, pass, layers, launches))
+    let mut plans: Vec<JobPlan> = jobs.par_iter().filter_map(|layers| plan_job(ctx, pass, layers)).collect();
+    let booked = book_planned(ctx, pass, &mut plans, launches);
+    plans
+        .par_iter_mut()
+        .map(|plan| finish_job(ctx, pass, plan, launches))
         .reduce(PassResult::default, |a, b| a + b)
+        + booked
 }
 
 /// Minimum core units one frame of the layer can reserve anywhere.
@@ -82,21 +90,25 @@ fn min_frame_units(work: &LayerWork) -> i64 {
     }
 }
 
-fn run_job(ctx: &Context, pass: &Pass, layers: &[LayerWork], launches: &Sender<Launch>) -> PassResult {
-    let Some(first) = layers.first() else { return PassResult::default() };
-    let job = Arc::clone(&first.job);
+/// One job of a pass: its layers in dispatch order and the hosts planned for them.
+struct JobPlan<'a> {
+    job: Arc<Job>,
+    states: Vec<LayerState<'a>>,
+    assignments: Vec<Assignment>,
+    booked_units: i64,
+    stop_job: bool,
+}
+
+fn plan_job<'a>(ctx: &Context, pass: &Pass, layers: &'a [LayerWork]) -> Option<JobPlan<'a>> {
+    let job = Arc::clone(&layers.first()?.job);
     ctx.metrics.jobs_processed_total.with_label_values(&[&pass.cluster.show_name]).inc();
     // DECISIONS.md #5: the layer whose next frame comes first goes first.
     let mut ordered: Vec<&LayerWork> = layers.iter().collect();
     ordered.sort_by_key(|w| (w.frames.first().map_or(i64::MAX, |f| f.dispatch_order), w.layer.dispatch_order));
     // §3.3 job cap: a running sum over all candidate frames, before the per-layer cut.
     let mut budget_sum = job.cores_in_use;
-    let mut result = PassResult::default();
-    let mut job_booked_units = 0i64;
+    let mut states = Vec::with_capacity(ordered.len());
     for work in ordered {
-        if ctx.stopping() {
-            break;
-        }
         let unit = min_frame_units(work);
         let mut frames: Vec<Frame> = Vec::new();
         for frame in &work.frames {
@@ -106,13 +118,211 @@ fn run_job(ctx: &Context, pass: &Pass, layers: &[LayerWork], launches: &Sender<L
             budget_sum += unit;
             frames.push(frame.clone());
         }
-        let outcome = run_layer(ctx, pass, work, frames, &mut job_booked_units, launches);
-        result = result + outcome.result;
-        if outcome.stop_job {
+        if let Some(state) = prepare_layer(ctx, pass, work, frames) {
+            states.push(state);
+        }
+    }
+    let mut plan = JobPlan { job, states, assignments: Vec::new(), booked_units: 0, stop_job: false };
+    if plan.states.iter().all(|s| !s.work.layer.has_limits) && !ctx.stopping() {
+        plan_hosts(ctx, &mut plan);
+    }
+    Some(plan)
+}
+
+/// The per-layer host loop for whatever the batch did not book.
+fn finish_job(ctx: &Context, pass: &Pass, plan: &mut JobPlan, launches: &Sender<Launch>) -> PassResult {
+    let mut result = PassResult::default();
+    for state in &mut plan.states {
+        if plan.stop_job || ctx.stopping() {
             break;
+        }
+        let outcome = run_layer(ctx, pass, state, &mut plan.booked_units, launches);
+        result = result + outcome.result;
+        plan.stop_job = outcome.stop_job;
+    }
+    result
+}
+
+/// A layer of a job being matched: its launchable frames, its host groups, attempts so far.
+struct LayerState<'a> {
+    work: &'a LayerWork,
+    frames: Vec<(Frame, PreparedCommand)>,
+    keys: Vec<GroupKey>,
+    attempts: usize,
+}
+
+/// Commands prepared and host groups loaded; `None` when the layer cannot be matched now.
+fn prepare_layer<'a>(ctx: &Context, pass: &Pass, work: &'a LayerWork, frames: Vec<Frame>) -> Option<LayerState<'a>> {
+    let frames = prepare(ctx, work, frames);
+    if frames.is_empty() {
+        return None;
+    }
+    let keys = group_keys(&pass.cluster, work);
+    if keys.is_empty() {
+        warn!("layer {} of job {} shares no tag with cluster {}; skipped", work.layer.name, work.job.name, pass.cluster);
+        return None;
+    }
+    if let Err(e) = ensure_groups(ctx, &keys) {
+        error!("cluster {}: cannot read hosts for layer {} of job {}: {e}", pass.cluster, work.layer.name, work.job.name);
+        ctx.count_error("host_cache");
+        return None;
+    }
+    Some(LayerState { work, frames, keys, attempts: 0 })
+}
+
+/// One host picked for one layer in the batch plan.
+struct Assignment {
+    layer: usize,
+    host: Host,
+    planned: Vec<PlannedFrame>,
+}
+
+/// Plans hosts for every layer of the job: as many hosts as each layer's fetched frames
+/// need, within its attempt budget and the job's cap. Hosts stay checked out until booked.
+fn plan_hosts(ctx: &Context, plan: &mut JobPlan) {
+    let job = Arc::clone(&plan.job);
+    let mut planned_units = 0i64;
+    'layers: for (index, state) in plan.states.iter_mut().enumerate() {
+        let mut unplanned: Vec<(Frame, PreparedCommand)> = state.frames.clone();
+        while !unplanned.is_empty() && state.attempts < ctx.settings.attempts_per_layer {
+            if job.max_cores > 0 && job.cores_in_use + planned_units + min_frame_units(state.work) > job.max_cores {
+                break 'layers;
+            }
+            state.attempts += 1;
+            ctx.metrics.host_attempts_total.inc();
+            let Some(host) = checkout(ctx, state, job.cores_in_use + planned_units) else {
+                ctx.metrics.checkout_outcome_total.with_label_values(&["no_match"]).inc();
+                ctx.metrics.no_candidate_iterations_total.inc();
+                break;
+            };
+            let planned = plan_on_host(ctx, state.work, &host, &unplanned, planned_units);
+            if planned.is_empty() {
+                ctx.cache.invalidate(&host.id);
+                ctx.metrics.checkout_outcome_total.with_label_values(&["no_progress"]).inc();
+                break;
+            }
+            planned_units += planned.iter().map(|f| f.cores).sum::<i64>();
+            unplanned.retain(|(f, _)| !planned.iter().any(|p| p.frame_id == f.id));
+            plan.assignments.push(Assignment { layer: index, host, planned });
+        }
+    }
+}
+
+/// Books every planned assignment: the whole pass in one transaction; if anything conflicts,
+/// each job in its own; if that conflicts too, each host on its own (`book_on_host`).
+fn book_planned(ctx: &Context, pass: &Pass, plans: &mut [JobPlan], launches: &Sender<Launch>) -> PassResult {
+    let mut result = PassResult::default();
+    if plans.iter().all(|p| p.assignments.is_empty()) {
+        return result;
+    }
+    let batch = |plans: &[&JobPlan]| Batch {
+        show_id: &pass.cluster.show_id,
+        mem_used_initial: ctx.settings.mem_reserved_min_kib,
+        update_stat_on_book: ctx.settings.update_stat_on_book,
+        frames: plans.iter().flat_map(|p| batch_frames(p)).collect(),
+    };
+    let all: Vec<&JobPlan> = plans.iter().filter(|p| !p.assignments.is_empty()).collect();
+    if all.len() > 1 {
+        if let Ok(BatchOutcome::Booked { frames, hosts, db_time }) = ctx.with_booker(|b| b.book_batch(&batch(&all))) {
+            for plan in plans.iter_mut() {
+                result.frames_booked += apply_batch(ctx, pass, plan, &frames, &hosts, db_time, launches);
+            }
+            return result;
+        }
+        ctx.metrics.booking_conflicts_total.with_label_values(&["pass_batch"]).inc();
+    }
+    for plan in plans.iter_mut().filter(|p| !p.assignments.is_empty()) {
+        match ctx.with_booker(|b| b.book_batch(&batch(&[&*plan]))) {
+            Ok(BatchOutcome::Booked { frames, hosts, db_time }) => {
+                result.frames_booked += apply_batch(ctx, pass, plan, &frames, &hosts, db_time, launches);
+            }
+            Ok(BatchOutcome::Conflict) | Err(_) => {
+                ctx.metrics.booking_conflicts_total.with_label_values(&["job_batch"]).inc();
+                result = result + book_each_host(ctx, pass, plan, launches);
+            }
         }
     }
     result
+}
+
+/// Checks the plan's hosts back in with the database's values and launches its frames.
+#[allow(clippy::too_many_arguments)]
+fn apply_batch(
+    ctx: &Context,
+    pass: &Pass,
+    plan: &mut JobPlan,
+    booked: &[BookedFrame],
+    hosts: &[(String, IdleValues)],
+    db_time: f64,
+    launches: &Sender<Launch>,
+) -> u64 {
+    let mut launched = 0;
+    for assignment in std::mem::take(&mut plan.assignments) {
+        match hosts.iter().find(|(id, _)| **id == *assignment.host.id) {
+            Some((_, idle)) => ctx.cache.checkin(&assignment.host.id, *idle, db_time),
+            None => ctx.cache.invalidate(&assignment.host.id),
+        }
+        let state = &mut plan.states[assignment.layer];
+        let mine: Vec<BookedFrame> =
+            booked.iter().filter(|b| assignment.planned.iter().any(|p| p.frame_id == b.frame_id)).cloned().collect();
+        launched += launch_booked(ctx, pass, state.work, &assignment.host, &mine, &mut state.frames, &mut plan.booked_units, launches);
+        ctx.metrics.checkout_outcome_total.with_label_values(&["booked"]).inc();
+    }
+    launched
+}
+
+/// The fallback: each planned host booked on its own, exactly as the per-layer loop would.
+fn book_each_host(ctx: &Context, pass: &Pass, plan: &mut JobPlan, launches: &Sender<Launch>) -> PassResult {
+    let mut result = PassResult::default();
+    for assignment in std::mem::take(&mut plan.assignments) {
+        if plan.stop_job {
+            ctx.cache.invalidate(&assignment.host.id);
+            continue;
+        }
+        let state = &mut plan.states[assignment.layer];
+        let step = book_on_host(ctx, pass, state.work, &assignment.host, &mut state.frames, &mut plan.booked_units, launches);
+        ctx.metrics.checkout_outcome_total.with_label_values(&[step.outcome_label]).inc();
+        result.frames_booked += step.booked;
+        result.subscription_full |= step.subscription_full && pass.cluster.kind == ClusterKind::Alloc;
+        plan.stop_job |= step.stop_job;
+    }
+    result
+}
+
+fn batch_frames(plan: &JobPlan) -> Vec<BatchFrame> {
+    let job = &plan.job;
+    plan.assignments
+        .iter()
+        .flat_map(|a| {
+            let layer = &plan.states[a.layer].work.layer;
+            a.planned.iter().map(move |p| BatchFrame {
+                frame_id: p.frame_id.clone(),
+                version: p.version,
+                cores: p.cores,
+                layer_id: layer.id.clone(),
+                job_id: job.id.clone(),
+                folder_id: job.folder_id.clone(),
+                dept_id: job.dept_id.clone(),
+                host_id: a.host.id.to_string(),
+                host_name: a.host.name.clone(),
+                mem: layer.mem_min,
+                gpus: layer.gpus_min,
+                gpu_mem: layer.gpu_mem_min,
+            })
+        })
+        .collect()
+}
+
+/// Checks out the best host for the layer's next frame.
+fn checkout(ctx: &Context, state: &LayerState, job_cores_in_use: i64) -> Option<Host> {
+    let job = &state.work.job;
+    let caps = ScoreCaps { job_max_cores: job.max_cores, job_cores_in_use, ..ScoreCaps::default() };
+    let search = Search { layer: &state.work.layer, job_os: job.os.as_deref(), caps };
+    let checkout = ctx.cache.checkout(&state.keys, &search, &ctx.settings.strategy)?;
+    if let Some(score) = checkout.score {
+        ctx.metrics.placement_score_chosen.observe(score);
+    }
+    Some(checkout.host)
 }
 
 struct LayerOutcome {
@@ -184,57 +394,25 @@ pub fn fetch_group(client: &mut postgres::Client, key: &GroupKey) -> Result<Vec<
     rows.iter().map(read_host_row).collect()
 }
 
-fn run_layer(
-    ctx: &Context,
-    pass: &Pass,
-    work: &LayerWork,
-    frames: Vec<Frame>,
-    job_booked_units: &mut i64,
-    launches: &Sender<Launch>,
-) -> LayerOutcome {
+/// The per-layer host loop (§3.8), continuing from the attempts already made.
+fn run_layer(ctx: &Context, pass: &Pass, state: &mut LayerState, job_booked_units: &mut i64, launches: &Sender<Launch>) -> LayerOutcome {
     let mut outcome = LayerOutcome { result: PassResult::default(), stop_job: false };
-    let job = &work.job;
-    let layer = &work.layer;
-    // §3.8 pre-check: job at cap.
-    if job.max_cores > 0 && job.cores_in_use + *job_booked_units + min_frame_units(work) > job.max_cores {
-        ctx.metrics.job_cap_precheck_skip_total.inc();
-        outcome.stop_job = true;
-        return outcome;
-    }
-    let mut frames = prepare(ctx, work, frames);
-    if frames.is_empty() {
-        return outcome;
-    }
-    let keys = group_keys(&pass.cluster, work);
-    if keys.is_empty() {
-        warn!("layer {} of job {} shares no tag with cluster {}; skipped", layer.name, job.name, pass.cluster);
-        return outcome;
-    }
-    if let Err(e) = ensure_groups(ctx, &keys) {
-        error!("cluster {}: cannot read hosts for layer {} of job {}: {e}", pass.cluster, layer.name, job.name);
-        ctx.count_error("host_cache");
-        return outcome;
-    }
-    let strategy = &ctx.settings.strategy;
-    let mut attempts = 0usize;
-    while !frames.is_empty() && attempts < ctx.settings.attempts_per_layer && !ctx.stopping() {
-        attempts += 1;
+    let job = Arc::clone(&state.work.job);
+    while !state.frames.is_empty() && state.attempts < ctx.settings.attempts_per_layer && !ctx.stopping() {
+        // §3.8 pre-check: job at cap.
+        if job.max_cores > 0 && job.cores_in_use + *job_booked_units + min_frame_units(state.work) > job.max_cores {
+            ctx.metrics.job_cap_precheck_skip_total.inc();
+            outcome.stop_job = true;
+            break;
+        }
+        state.attempts += 1;
         ctx.metrics.host_attempts_total.inc();
-        let caps = ScoreCaps {
-            job_max_cores: job.max_cores,
-            job_cores_in_use: job.cores_in_use + *job_booked_units,
-            ..ScoreCaps::default()
-        };
-        let search = Search { layer, job_os: job.os.as_deref(), caps };
-        let Some(checkout) = ctx.cache.checkout(&keys, &search, strategy) else {
+        let Some(host) = checkout(ctx, state, job.cores_in_use + *job_booked_units) else {
             ctx.metrics.checkout_outcome_total.with_label_values(&["no_match"]).inc();
             ctx.metrics.no_candidate_iterations_total.inc();
             break;
         };
-        if let Some(score) = checkout.score {
-            ctx.metrics.placement_score_chosen.observe(score);
-        }
-        let step = book_on_host(ctx, pass, work, &checkout.host, &mut frames, job_booked_units, launches);
+        let step = book_on_host(ctx, pass, state.work, &host, &mut state.frames, job_booked_units, launches);
         ctx.metrics.checkout_outcome_total.with_label_values(&[step.outcome_label]).inc();
         outcome.result.frames_booked += step.booked;
         if step.subscription_full {
@@ -249,10 +427,89 @@ fn run_layer(
             break;
         }
     }
-    if frames.is_empty() {
-        ctx.metrics.candidates_per_layer.observe(attempts as f64);
+    if state.frames.is_empty() {
+        ctx.metrics.candidates_per_layer.observe(state.attempts as f64);
     }
     outcome
+}
+
+/// Frames of the layer that fit on `host`, in order, with their reservations.
+fn plan_on_host(ctx: &Context, work: &LayerWork, host: &Host, frames: &[(Frame, PreparedCommand)], job_booked_units: i64) -> Vec<PlannedFrame> {
+    let job = &work.job;
+    let layer = &work.layer;
+    let mut simulated = host.clone();
+    let mut remaining_units = (job.max_cores > 0).then(|| job.max_cores - job.cores_in_use - job_booked_units);
+    let mut planned = Vec::new();
+    for (frame, _) in frames.iter().take(ctx.settings.frames_per_layer) {
+        // §3.9 step 1: stop when the job's remaining cores cannot hold another frame.
+        if remaining_units.is_some_and(|units| units < min_frame_units(work)) {
+            break;
+        }
+        let Ok(cores) = matcher::reserve_cores(&simulated, layer, remaining_units, &ctx.settings.policy) else { break };
+        planned.push(PlannedFrame { frame_id: frame.id.clone(), version: frame.version, cores });
+        simulated.cores_idle -= cores;
+        simulated.mem_idle -= layer.mem_min;
+        simulated.gpus_idle -= layer.gpus_min;
+        simulated.gpu_mem_idle -= layer.gpu_mem_min;
+        if let Some(units) = remaining_units.as_mut() {
+            *units -= cores;
+        }
+    }
+    planned
+}
+
+/// Turns booked frames into launches on the dispatch channel; removes them from `frames`.
+#[allow(clippy::too_many_arguments)]
+fn launch_booked(
+    ctx: &Context,
+    pass: &Pass,
+    work: &LayerWork,
+    host: &Host,
+    booked: &[BookedFrame],
+    frames: &mut Vec<(Frame, PreparedCommand)>,
+    job_booked_units: &mut i64,
+    launches: &Sender<Launch>,
+) -> u64 {
+    let (job, layer) = (&work.job, &work.layer);
+    let elapsed = pass.fetched_at.elapsed().as_secs_f64();
+    let mut launched = 0;
+    for b in booked {
+        let Some(index) = frames.iter().position(|(f, _)| f.id == b.frame_id) else { continue };
+        let (frame, command) = frames.remove(index);
+        *job_booked_units += b.cores;
+        launched += 1;
+        ctx.metrics.time_to_book_seconds.observe(frame.age_secs + elapsed);
+        let reservation = Reservation {
+            proc_id: &b.proc_id,
+            cores: b.cores,
+            soft_limit_multiplier: ctx.settings.soft_memory_multiplier,
+            hard_limit_multiplier: ctx.settings.hard_memory_multiplier,
+        };
+        let run_frame = build_run_frame(job, layer, &frame, &command, &reservation);
+        debug!(
+            "booked frame {} ({}) job {} layer {} on host {} with {} core units, proc {}",
+            frame.name, frame.id, job.name, layer.name, host.name, b.cores, b.proc_id
+        );
+        let launch = Launch {
+            host_id: Arc::clone(&host.id),
+            host_name: host.name.clone(),
+            show_name: pass.cluster.show_name.clone(),
+            frame_id: frame.id.clone(),
+            frame_name: frame.name.clone(),
+            version: b.version,
+            proc_id: b.proc_id.clone(),
+            run_frame,
+        };
+        ctx.frames_booked.fetch_add(1, Ordering::Relaxed);
+        // The dispatchers outlive the matchers, so a send only fails if they died; the
+        // booking is then compensated here so nothing stays booked unlaunched.
+        if let Err(failed) = launches.send(launch) {
+            let launch = failed.into_inner();
+            error!("dispatch threads are gone; compensating frame {}", launch.frame_id);
+            let _ = ctx.with_booker(|b| b.compensate(&launch.frame_id, launch.version, &launch.proc_id));
+        }
+    }
+    launched
 }
 
 struct HostStep {
@@ -276,24 +533,7 @@ fn book_on_host(
     let mut step = HostStep { booked: 0, outcome_label: "no_progress", subscription_full: false, stop_job: false, stop_layer: false };
     let job = &work.job;
     let layer = &work.layer;
-    let mut simulated = host.clone();
-    let mut remaining_units = (job.max_cores > 0).then(|| job.max_cores - job.cores_in_use - *job_booked_units);
-    let mut planned = Vec::new();
-    for (frame, _) in frames.iter().take(ctx.settings.frames_per_layer) {
-        // §3.9 step 1: stop when the job's remaining cores cannot hold another frame.
-        if remaining_units.is_some_and(|units| units < min_frame_units(work)) {
-            break;
-        }
-        let Ok(cores) = matcher::reserve_cores(&simulated, layer, remaining_units, &ctx.settings.policy) else { break };
-        planned.push(PlannedFrame { frame_id: frame.id.clone(), version: frame.version, cores });
-        simulated.cores_idle -= cores;
-        simulated.mem_idle -= layer.mem_min;
-        simulated.gpus_idle -= layer.gpus_min;
-        simulated.gpu_mem_idle -= layer.gpu_mem_min;
-        if let Some(units) = remaining_units.as_mut() {
-            *units -= cores;
-        }
-    }
+    let planned = plan_on_host(ctx, work, host, frames, *job_booked_units);
     if planned.is_empty() {
         ctx.cache.invalidate(&host.id);
         step.stop_layer = true;
@@ -339,42 +579,7 @@ fn book_on_host(
             if lost > 0 {
                 ctx.metrics.booking_conflicts_total.with_label_values(&["frame_taken"]).inc_by(lost as u64);
             }
-            let elapsed = pass.fetched_at.elapsed().as_secs_f64();
-            for b in &booked {
-                let Some(index) = frames.iter().position(|(f, _)| f.id == b.frame_id) else { continue };
-                let (frame, command) = frames.remove(index);
-                *job_booked_units += b.cores;
-                ctx.metrics.time_to_book_seconds.observe(frame.age_secs + elapsed);
-                let reservation = Reservation {
-                    proc_id: &b.proc_id,
-                    cores: b.cores,
-                    soft_limit_multiplier: ctx.settings.soft_memory_multiplier,
-                    hard_limit_multiplier: ctx.settings.hard_memory_multiplier,
-                };
-                let run_frame = build_run_frame(job, layer, &frame, &command, &reservation);
-                debug!(
-                    "booked frame {} ({}) job {} layer {} on host {} with {} core units, proc {}",
-                    frame.name, frame.id, job.name, layer.name, host.name, b.cores, b.proc_id
-                );
-                let launch = Launch {
-                    host_id: Arc::clone(&host.id),
-                    host_name: host.name.clone(),
-                    show_name: pass.cluster.show_name.clone(),
-                    frame_id: frame.id.clone(),
-                    frame_name: frame.name.clone(),
-                    version: b.version,
-                    proc_id: b.proc_id.clone(),
-                    run_frame,
-                };
-                ctx.frames_booked.fetch_add(1, Ordering::Relaxed);
-                // The dispatchers outlive the matchers, so a send only fails if they died;
-                // the booking is then compensated here so nothing stays booked unlaunched.
-                if let Err(failed) = launches.send(launch) {
-                    let launch = failed.into_inner();
-                    error!("dispatch threads are gone; compensating frame {}", launch.frame_id);
-                    let _ = ctx.with_booker(|b| b.compensate(&launch.frame_id, launch.version, &launch.proc_id));
-                }
-            }
+            launch_booked(ctx, pass, work, host, &booked, frames, job_booked_units, launches);
             // Frames planned but not started were taken by another booker: drop them.
             frames.retain(|(f, _)| !planned_ids.contains(&f.id));
             step.booked = booked.len() as u64;

@@ -29,7 +29,7 @@ fn standard(test: &str, schema: Schema, block: u8) -> Option<Scenario> {
     let hosts: Vec<String> = (0..3).map(|i| loopback_address(block, i)).collect();
     farm.hosts(&[
         host(&hosts[0], &o.general_alloc, "general", 16, 32),
-        host(&hosts[1], &o.general_alloc, "general", 8, 16).tag("fx", "MANUAL"),
+        host(&hosts[1], &o.general_alloc, "general", 16, 64).tag("fx", "MANUAL"),
         host(&hosts[2], &o.general_alloc, "general", 4, 8),
     ])
     .expect("hosts");
@@ -76,7 +76,8 @@ fn run_standard(test: &str, schema: Schema, block: u8) {
     wait_settled(Duration::from_secs(5), Duration::from_millis(600), || s.rqd.launch_count() as i64);
     let metrics = Arc::clone(&pipeline.ctx.metrics);
     pipeline.shutdown(Duration::from_secs(5));
-    assert!(launched, "only {} launches", s.rqd.launch_count());
+    let waiting: Vec<String> = frame_states(&s.db).into_iter().filter(|(_, (_, st))| st == "WAITING").map(|(k, _)| k).collect();
+    assert!(launched, "only {} launches; waiting: {waiting:?}", s.rqd.launch_count());
 
     let launches = s.rqd.launches();
     let mut per_frame: HashMap<String, usize> = HashMap::new();
