@@ -47,6 +47,19 @@ pub struct Search<'a> {
     pub layer: &'a Layer,
     pub job_os: Option<&'a str>,
     pub caps: matcher::ScoreCaps,
+    /// With a policy, a host is a candidate only if a frame's reservation succeeds there too
+    /// (a host can pass the predicates yet fail the reservation, e.g. a threadable frame
+    /// whose memory-balanced core count exceeds the idle cores).
+    pub policy: Option<&'a matcher::MatchPolicy>,
+    /// The job's remaining core units when it is capped (the reservation's job clamp).
+    pub job_remaining_units: Option<i64>,
+}
+
+impl Search<'_> {
+    fn accepts(&self, host: &Host) -> bool {
+        matcher::check_host(host, self.layer, self.job_os).is_ok()
+            && self.policy.is_none_or(|policy| matcher::reserve_cores(host, self.layer, self.job_remaining_units, policy).is_ok())
+    }
 }
 
 /// Idle values after a booking, as the database returned them.
@@ -233,7 +246,7 @@ impl HostCache {
             .filter_map(move |(_, _, id)| inner.hosts.get(id))
             .filter(move |entry| entry.reserved_until.is_none_or(|until| until <= now))
             .filter(move |entry| entry.stale_at > now)
-            .filter(move |entry| matcher::check_host(&entry.host, search.layer, search.job_os).is_ok())
+            .filter(move |entry| search.accepts(&entry.host))
     }
 
     fn first_fit(

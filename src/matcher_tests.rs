@@ -566,7 +566,7 @@ fn epvm(max_candidates: usize) -> Strategy {
 
 /// Checks out one host for `layer`; its id.
 fn take(cache: &HostCache, layer: &Layer, job_os: Option<&str>, strategy: &Strategy) -> Option<String> {
-    let search = Search { layer, job_os, caps: ScoreCaps::default() };
+    let search = Search { layer, job_os, caps: ScoreCaps::default(), policy: None, job_remaining_units: None };
     cache.checkout(&[group()], &search, strategy).map(|c| c.host.id.to_string())
 }
 
@@ -659,7 +659,7 @@ fn cache_search_order() {
 #[test]
 fn cache_epvm_checkout_reports_score() {
     let cache = cache_with(vec![host(Auto, 16, 16, 16, 16).id("a")]);
-    let search = Search { layer: &layer(4, 4), job_os: None, caps: ScoreCaps::default() };
+    let search = Search { layer: &layer(4, 4), job_os: None, caps: ScoreCaps::default(), policy: None, job_remaining_units: None };
     let got = cache.checkout(&[group()], &search, &epvm(500)).expect("a host");
     assert_eq!(got.score, Some(0.0));
     let cache = cache_with(vec![host(Auto, 16, 16, 16, 16).id("a")]);
@@ -795,8 +795,28 @@ fn cache_host_in_two_groups() {
     // Leaving one group keeps the host for the other.
     cache.apply_group(&group(), Vec::new());
     assert_eq!(cache.host_count(), 1);
-    let search = Search { layer: &layer(1, 1), job_os: None, caps: ScoreCaps::default() };
+    let search = Search { layer: &layer(1, 1), job_os: None, caps: ScoreCaps::default(), policy: None, job_remaining_units: None };
     assert!(cache.checkout(&[group()], &search, &saturation(true, false)).is_none());
     let got = cache.checkout(&[group(), other.clone()], &search, &saturation(true, false)).map(|c| c.host.id.to_string());
     assert_eq!(got.as_deref(), Some("a"));
+}
+
+/// Regression (drain benchmark): a host can pass the predicates yet fail the reservation — a
+/// threadable 4 GiB frame on a 64-core, 16 GiB host wants 16 memory-balanced cores and it has
+/// 8 idle. First fit used to hand that host out and the layer was abandoned every pass; with
+/// the policy in the search it is skipped and the next host is taken.
+#[test]
+fn checkout_skips_hosts_where_the_reservation_fails() {
+    let mut lean = host(ThreadMode::Auto, 64, 8, 16, 16);
+    lean.id = Arc::from("lean");
+    let mut roomy = host(ThreadMode::Auto, 16, 16, 64, 64);
+    roomy.id = Arc::from("roomy");
+    let cache = cache_with(vec![lean, roomy]);
+    let wide = layer(1, 4);
+    let policy = policy();
+    assert_eq!(take(&cache, &wide, None, &saturation(true, false)).as_deref(), Some("lean"), "predicates alone pick lean");
+    cache.invalidate(&Arc::from("lean"));
+    let search = Search { layer: &wide, job_os: None, caps: ScoreCaps::default(), policy: Some(&policy), job_remaining_units: None };
+    let picked = cache.checkout(&[group()], &search, &saturation(true, false)).map(|c| c.host.id.to_string());
+    assert_eq!(picked.as_deref(), Some("roomy"));
 }

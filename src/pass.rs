@@ -317,7 +317,14 @@ fn batch_frames(plan: &JobPlan) -> Vec<BatchFrame> {
 fn checkout(ctx: &Context, state: &LayerState, job_cores_in_use: i64) -> Option<Host> {
     let job = &state.work.job;
     let caps = ScoreCaps { job_max_cores: job.max_cores, job_cores_in_use, ..ScoreCaps::default() };
-    let search = Search { layer: &state.work.layer, job_os: job.os.as_deref(), caps };
+    let job_remaining_units = (job.max_cores > 0).then(|| job.max_cores - job_cores_in_use);
+    let search = Search {
+        layer: &state.work.layer,
+        job_os: job.os.as_deref(),
+        caps,
+        policy: Some(&ctx.settings.policy),
+        job_remaining_units,
+    };
     let checkout = ctx.cache.checkout(&state.keys, &search, &ctx.settings.strategy)?;
     if let Some(score) = checkout.score {
         ctx.metrics.placement_score_chosen.observe(score);
