@@ -7,7 +7,8 @@
 #   scripts/bench.sh --shrink 24             # tiny farms (CI)
 #
 # It always starts its own throwaway PostgreSQL with pg_stat_statements preloaded (set
-# BENCH_DATABASE_URL to use a server you prepared the same way). Release build.
+# BENCH_DATABASE_URL to use a server you prepared the same way). Release build unless
+# PROFILE=debug (CI's smoke run reuses the test build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/common.sh
@@ -19,7 +20,12 @@ else
   unset DATABASE_URL
   THROWAWAY_PG_PORT=${THROWAWAY_PG_PORT:-54331} start_throwaway_db
 fi
-log "building release binaries"
-cargo build --locked --release --bin cue-scheduler --bin cue-bench
+profile=${PROFILE:-release}
+log "building ($profile)"
+if [ "$profile" = release ]; then
+  cargo build --locked --release --bin cue-scheduler --bin cue-bench
+else
+  cargo build --locked --bin cue-scheduler --bin cue-bench
+fi
 log "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; $(psql "$DATABASE_URL dbname=postgres" -Atc 'show server_version' 2>/dev/null | sed 's/^/PostgreSQL /')"
-"$CARGO_TARGET_DIR/release/cue-bench" "$@"
+"$CARGO_TARGET_DIR/$profile/cue-bench" "$@"

@@ -110,7 +110,7 @@ pub fn pool(settings: &DbSettings) -> Result<Pool, DbError> {
     r2d2::Pool::builder()
         .max_size(settings.pool_size)
         .min_idle(Some(1))
-        .connection_timeout(Duration::from_secs(30))
+        .connection_timeout(Duration::from_secs(30).max(settings.connect_timeout))
         .idle_timeout(Some(Duration::from_secs(30)))
         .max_lifetime(Some(Duration::from_secs(3600)))
         .build(manager)

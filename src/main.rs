@@ -125,7 +125,6 @@ fn run(config: &Config, cli: &Cli) -> ExitCode {
     if let Some(port) = pipeline.metrics_port {
         info!("metrics on http://0.0.0.0:{port}/metrics");
     }
-    let mut debug_on = logging::level() == logging::Level::Debug;
     let mut current = config.clone();
     loop {
         std::thread::sleep(Duration::from_millis(cue_scheduler::limits::SHUTDOWN_POLL_MS));
@@ -137,7 +136,8 @@ fn run(config: &Config, cli: &Cli) -> ExitCode {
             break;
         }
         if signals::take_toggle_debug() {
-            debug_on = !debug_on;
+            // Read the level now: a SIGHUP may have changed it since the last toggle.
+            let debug_on = logging::level() != logging::Level::Debug;
             logging::set_level(if debug_on { logging::Level::Debug } else { logging::Level::Info });
             info!("debug logging {}", if debug_on { "on" } else { "off" });
         }

@@ -75,6 +75,9 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<(
 impl Pipeline {
     /// Connects, resolves the facility, loads the clusters and starts every thread.
     pub fn start(settings: Settings, metrics: Arc<Metrics>) -> Result<Pipeline, StartError> {
+        // One direct connection first: an unreachable database fails fast (connect_timeout)
+        // with the server's own message, instead of waiting out the pool's timeout.
+        drop(db::connect(&settings.db, "start-up")?);
         let pool = db::pool(&settings.db)?;
         let mut client = db::get(&pool, "start-up")?;
         let managed_mode = db::column_exists(&mut client, "show", "b_scheduler_managed")?;
