@@ -8,3 +8,4 @@ mod binary;
 mod conformance;
 mod scenarios;
 mod explain;
+mod daemon;
