@@ -35,6 +35,9 @@ pub struct Context {
     pub drain_deadline: Mutex<Option<Instant>>,
     /// Frames whose name or range cannot be prepared (§7.1 #23); never booked again by us.
     pub unlaunchable: Mutex<HashSet<String>>,
+    /// Jobs that found no host for any layer, skipped until the instant (job_back_off_duration),
+    /// or until a cache refresh sees capacity grow.
+    job_backoff: Mutex<std::collections::HashMap<String, Instant>>,
     pub db_reachable: AtomicBool,
     pub clusters_loaded: AtomicBool,
     pub frames_booked: AtomicU64,
@@ -60,6 +63,7 @@ impl Context {
             stop: AtomicBool::new(false),
             drain_deadline: Mutex::new(None),
             unlaunchable: Mutex::new(HashSet::new()),
+            job_backoff: Mutex::new(std::collections::HashMap::new()),
             db_reachable: AtomicBool::new(false),
             clusters_loaded: AtomicBool::new(false),
             frames_booked: AtomicU64::new(0),
@@ -106,6 +110,36 @@ impl Context {
 
     pub fn is_unlaunchable(&self, frame_id: &str) -> bool {
         self.unlaunchable.lock().contains(frame_id)
+    }
+
+    /// Whether `key` (cluster and job) is backed off right now.
+    pub fn job_backed_off(&self, key: &str) -> bool {
+        let mut map = self.job_backoff.lock();
+        match map.get(key) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                map.remove(key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    pub fn back_off_job(&self, key: &str) {
+        let duration = self.settings.job_back_off;
+        if duration.is_zero() {
+            return;
+        }
+        let mut map = self.job_backoff.lock();
+        if map.len() >= limits::BACKED_OFF_JOBS_MAX {
+            map.clear();
+        }
+        map.insert(key.to_string(), Instant::now() + duration);
+    }
+
+    /// Capacity appeared somewhere: every backed-off job may try again.
+    pub fn wake_backed_off_jobs(&self) {
+        self.job_backoff.lock().clear();
     }
 
     pub fn count_error(&self, module: &str) {

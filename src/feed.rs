@@ -42,10 +42,12 @@ struct FetchConnection {
     probe: Statement,
 }
 
-/// The wake probe: (waiting frames of pending jobs, pending jobs, newest job start).
+/// The wake probe: (waiting frames of pending jobs, pending jobs, newest job start, idle
+/// cores of open hosts).
 const PROBE_SQL: &str = "
     SELECT COALESCE(sum(js.int_waiting_count), 0)::bigint, count(*)::bigint,
-           COALESCE(extract(epoch FROM max(j.ts_started)), 0)::float8
+           COALESCE(extract(epoch FROM max(j.ts_started)), 0)::float8,
+           (SELECT COALESCE(sum(int_cores_idle), 0)::bigint FROM host WHERE str_lock_state = 'OPEN')
     FROM job j JOIN job_stat js ON js.pk_job = j.pk_job
     WHERE j.str_state = 'PENDING' AND NOT j.b_paused";
 
@@ -54,12 +56,18 @@ struct ProbeSignature {
     waiting: i64,
     jobs: i64,
     newest: f64,
+    idle_cores: i64,
 }
 
 impl ProbeSignature {
     /// New work may have appeared since `before`.
     fn has_news_since(&self, before: &ProbeSignature) -> bool {
         self.waiting > before.waiting || self.jobs > before.jobs || self.newest > before.newest
+    }
+
+    /// Frames finished (or hosts came back) since `before`: capacity grew.
+    fn has_capacity_since(&self, before: &ProbeSignature) -> bool {
+        self.idle_cores > before.idle_cores
     }
 }
 
@@ -110,6 +118,8 @@ pub struct Feed<'a> {
     last_probe: Instant,
     probe: Option<ProbeSignature>,
     passes: u64,
+    /// The last query error per cluster: a repeat is logged at debug, not again as an error.
+    failing: HashMap<Cluster, String>,
 }
 
 impl<'a> Feed<'a> {
@@ -129,6 +139,7 @@ impl<'a> Feed<'a> {
             last_probe: now,
             probe: None,
             passes: 0,
+            failing: HashMap::new(),
         }
     }
 
@@ -256,11 +267,15 @@ impl<'a> Feed<'a> {
                 waiting: queries::col(&row, 0, "wake probe")?,
                 jobs: queries::col(&row, 1, "wake probe")?,
                 newest: queries::col(&row, 2, "wake probe")?,
+                idle_cores: queries::col(&row, 3, "wake probe")?,
             })
         });
         match signature {
             Ok(signature) => {
                 let news = self.probe.is_none_or(|before| signature.has_news_since(&before));
+                if self.probe.is_some_and(|before| signature.has_capacity_since(&before)) {
+                    self.wake_saturated();
+                }
                 self.probe = Some(signature);
                 news
             }
@@ -270,6 +285,16 @@ impl<'a> Feed<'a> {
                 true
             }
         }
+    }
+
+    /// Capacity grew: clusters sleeping because nothing fitted, and backed-off jobs, try again.
+    fn wake_saturated(&mut self) {
+        for slot in &mut self.slots {
+            if matches!(slot.wake_at, Some((_, SleepReason::Saturated))) {
+                slot.wake_at = None;
+            }
+        }
+        self.ctx.wake_backed_off_jobs();
     }
 
     fn awake_scan(&mut self) {
@@ -383,13 +408,22 @@ impl<'a> Feed<'a> {
                     self.connection = None;
                 }
                 let sleep = ctx.tunables().cluster_empty_sleep;
-                error!("cluster {cluster}: pending-work query failed, cluster sleeps {sleep:?}: {e}");
                 slot.wake_at = Some((now + sleep, SleepReason::NoWork));
+                let message = e.to_string();
+                if self.failing.get(&cluster) == Some(&message) {
+                    debug!("cluster {cluster}: pending-work query failed again: {message}");
+                } else {
+                    error!("cluster {cluster}: pending-work query failed, cluster sleeps {sleep:?}: {message}");
+                    self.failing.insert(cluster.clone(), message);
+                }
                 ctx.metrics.pass_terminated_reason_total.with_label_values(&["query_error"]).inc();
                 return None;
             }
         };
         ctx.db_reachable.store(true, Ordering::Relaxed);
+        if self.failing.remove(&cluster).is_some() {
+            info!("cluster {cluster}: pending-work query works again");
+        }
         let jobs = count_jobs(&work);
         ctx.metrics.jobs_queried_total.inc_by(jobs as u64);
         if work.is_empty() {

@@ -127,6 +127,17 @@ impl HostCache {
             .collect()
     }
 
+    /// Groups among `keys` fetched longer than `age` ago (candidates for a re-fetch after a
+    /// search found nothing).
+    pub fn groups_older_than(&self, keys: &[GroupKey], age: Duration) -> Vec<GroupKey> {
+        let inner = self.inner.lock();
+        let now = Instant::now();
+        keys.iter()
+            .filter(|key| inner.groups.get(*key).is_some_and(|g| now.duration_since(g.last_fetched) > age))
+            .cloned()
+            .collect()
+    }
+
     /// Every group present, for the periodic refresh.
     pub fn group_keys(&self) -> Vec<GroupKey> {
         self.inner.lock().groups.keys().cloned().collect()
@@ -134,7 +145,10 @@ impl HostCache {
 
     /// Installs a fresh fetch of one group. A row older than what the cache holds (a booking
     /// wrote newer values) is ignored; hosts the query no longer returns leave the group.
-    pub fn apply_group(&self, key: &GroupKey, rows: Vec<HostRow>) {
+    /// Returns whether the group gained capacity (a host with more idle cores than cached, or
+    /// a new host with idle cores).
+    pub fn apply_group(&self, key: &GroupKey, rows: Vec<HostRow>) -> bool {
+        let mut grew = false;
         let now = Instant::now();
         let mut inner = self.inner.lock();
         let Inner { hosts, groups } = &mut *inner;
@@ -160,6 +174,7 @@ impl HostCache {
             });
             entry.groups.insert(key.clone());
             if row.ping_epoch > entry.last_updated {
+                grew |= row.host.cores_idle > entry.host.cores_idle || (entry.last_updated == f64::MIN && row.host.cores_idle > 0);
                 entry.host = row.host;
                 entry.last_updated = row.ping_epoch;
                 entry.stale_at = stale_at;
@@ -184,6 +199,7 @@ impl HostCache {
                 reindex(group, &id, new_key);
             }
         }
+        grew
     }
 
     /// Takes the best host for one frame of `search.layer` out of the first group (in probe
@@ -276,6 +292,20 @@ impl HostCache {
             .map(|entry| (entry, matcher::epvm_score(&entry.host, search.layer, search.caps, weights)))
             .min_by(|a, b| a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal))
             .map(|(entry, score)| (Arc::clone(&entry.host.id), Some(score)))
+    }
+
+    /// Whether some host of the groups would fit `search` but is checked out or backed off.
+    pub fn any_reserved_fit(&self, keys: &[GroupKey], search: &Search) -> bool {
+        let now = Instant::now();
+        let inner = self.inner.lock();
+        keys.iter().filter_map(|key| inner.groups.get(key)).any(|group| {
+            group
+                .keys
+                .keys()
+                .take(SEARCH_HOSTS_MAX)
+                .filter_map(|id| inner.hosts.get(id))
+                .any(|e| e.reserved_until.is_some_and(|until| until > now) && e.stale_at > now && search.accepts(&e.host))
+        })
     }
 
     /// Returns a host with the idle values the database returned after booking on it.

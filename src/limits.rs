@@ -36,6 +36,9 @@ pub const FRAMES_PER_LAYER_MAX: usize = 1_000;
 /// Hosts remembered as "backed off" after an RQD failure; the oldest entries are dropped first.
 pub const BACKED_OFF_HOSTS_MAX: usize = 100_000;
 
+/// Jobs remembered as backed off (queue.job_back_off_duration); the map is cleared when full.
+pub const BACKED_OFF_JOBS_MAX: usize = 100_000;
+
 /// Frames remembered as unlaunchable (bad name or range) by this process.
 pub const UNLAUNCHABLE_FRAMES_MAX: usize = 100_000;
 
@@ -51,6 +54,12 @@ pub const HTTP_RESPONSE_TIMEOUT_MS: u64 = 5_000;
 /// waiting frames, a new job) triggers an immediate awake scan. It bounds first-dispatch latency
 /// of new work without re-running the pending-work query of every sleeping cluster.
 pub const WAKE_PROBE_INTERVAL_MS: u64 = 200;
+
+/// A search that finds no host re-reads its groups from the database, at most this often per
+/// group. Capacity freed by finished frames is then seen within this time instead of at the
+/// next periodic refresh (`host_cache.monitoring_interval`, 10 s), while a farm with no room
+/// costs at most two group queries a second (Dec-2025 re-queried on every failed checkout).
+pub const GROUP_REFETCH_MIN_MS: u64 = 500;
 
 /// Granularity of every sleep that must notice a shutdown request.
 pub const SHUTDOWN_POLL_MS: u64 = 50;

@@ -47,7 +47,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    for warning in &config.warnings {
+    for warning in config.warnings.iter().chain(cue_scheduler::settings::inert_key_warnings(&config).iter()) {
         warn!("configuration: {warning}");
     }
     match cli.command {

@@ -101,6 +101,10 @@ struct JobPlan<'a> {
 
 fn plan_job<'a>(ctx: &Context, pass: &Pass, layers: &'a [LayerWork]) -> Option<JobPlan<'a>> {
     let job = Arc::clone(&layers.first()?.job);
+    if ctx.job_backed_off(&backoff_key(pass, &job)) {
+        debug!("job {} skipped: no host fitted any of its layers recently (job_back_off_duration)", job.name);
+        return None;
+    }
     ctx.metrics.jobs_processed_total.with_label_values(&[&pass.cluster.show_name]).inc();
     // DECISIONS.md #5: the layer whose next frame comes first goes first.
     let mut ordered: Vec<&LayerWork> = layers.iter().collect();
@@ -129,6 +133,11 @@ fn plan_job<'a>(ctx: &Context, pass: &Pass, layers: &'a [LayerWork]) -> Option<J
     Some(plan)
 }
 
+/// Back-off is per (cluster, job): another cluster's hosts may fit the same job.
+fn backoff_key(pass: &Pass, job: &Job) -> String {
+    format!("{}|{}", pass.cluster, job.id)
+}
+
 /// The per-layer host loop for whatever the batch did not book.
 fn finish_job(ctx: &Context, pass: &Pass, plan: &mut JobPlan, launches: &Sender<Launch>) -> PassResult {
     let mut result = PassResult::default();
@@ -140,6 +149,11 @@ fn finish_job(ctx: &Context, pass: &Pass, plan: &mut JobPlan, launches: &Sender<
         result = result + outcome.result;
         plan.stop_job = outcome.stop_job;
     }
+    let tried = plan.states.iter().any(|s| s.attempts > 0);
+    if tried && result.frames_booked == 0 && plan.states.iter().all(|s| !s.matched && !s.saw_reserved) {
+        debug!("job {}: no host of cluster {} fits any layer; backing it off", plan.job.name, pass.cluster);
+        ctx.back_off_job(&backoff_key(pass, &plan.job));
+    }
     result
 }
 
@@ -149,6 +163,10 @@ struct LayerState<'a> {
     frames: Vec<(Frame, PreparedCommand)>,
     keys: Vec<GroupKey>,
     attempts: usize,
+    /// Some checkout found a host for this layer in this pass.
+    matched: bool,
+    /// A search found nothing only because fitting hosts were checked out by other matchers.
+    saw_reserved: bool,
 }
 
 /// Commands prepared and host groups loaded; `None` when the layer cannot be matched now.
@@ -167,7 +185,7 @@ fn prepare_layer<'a>(ctx: &Context, pass: &Pass, work: &'a LayerWork, frames: Ve
         ctx.count_error("host_cache");
         return None;
     }
-    Some(LayerState { work, frames, keys, attempts: 0 })
+    Some(LayerState { work, frames, keys, attempts: 0, matched: false, saw_reserved: false })
 }
 
 /// One host picked for one layer in the batch plan.
@@ -191,10 +209,12 @@ fn plan_hosts(ctx: &Context, plan: &mut JobPlan) {
             state.attempts += 1;
             ctx.metrics.host_attempts_total.inc();
             let Some(host) = checkout(ctx, state, job.cores_in_use + planned_units) else {
+                state.saw_reserved |= reserved_hosts_fit(ctx, state, job.cores_in_use + planned_units);
                 ctx.metrics.checkout_outcome_total.with_label_values(&["no_match"]).inc();
                 ctx.metrics.no_candidate_iterations_total.inc();
                 break;
             };
+            state.matched = true;
             let planned = plan_on_host(ctx, state.work, &host, &unplanned, planned_units);
             if planned.is_empty() {
                 ctx.cache.invalidate(&host.id);
@@ -313,8 +333,49 @@ fn batch_frames(plan: &JobPlan) -> Vec<BatchFrame> {
         .collect()
 }
 
-/// Checks out the best host for the layer's next frame.
+/// Checks out the best host for the layer's next frame. When the cache has none, groups not
+/// read for `limits::GROUP_REFETCH_MIN_MS` are re-read once and the search repeated.
 fn checkout(ctx: &Context, state: &LayerState, job_cores_in_use: i64) -> Option<Host> {
+    if let Some(host) = search_cache(ctx, state, job_cores_in_use) {
+        return Some(host);
+    }
+    let stale = ctx.cache.groups_older_than(&state.keys, std::time::Duration::from_millis(crate::limits::GROUP_REFETCH_MIN_MS));
+    if stale.is_empty() {
+        return None;
+    }
+    if let Err(e) = refetch_groups(ctx, &stale) {
+        ctx.count_error("host_cache");
+        warn!("cannot re-read host groups for layer {}: {e}", state.work.layer.name);
+        return None;
+    }
+    search_cache(ctx, state, job_cores_in_use)
+}
+
+fn refetch_groups(ctx: &Context, keys: &[GroupKey]) -> Result<(), db::DbError> {
+    let mut client = db::get(&ctx.pool, "re-read host group")?;
+    for key in keys {
+        let rows = fetch_group(&mut client, key)?;
+        if ctx.cache.apply_group(key, rows) {
+            ctx.wake_backed_off_jobs();
+        }
+    }
+    Ok(())
+}
+
+/// Whether a host that is checked out (or backed off) right now would fit the layer.
+fn reserved_hosts_fit(ctx: &Context, state: &LayerState, job_cores_in_use: i64) -> bool {
+    let job = &state.work.job;
+    let search = Search {
+        layer: &state.work.layer,
+        job_os: job.os.as_deref(),
+        caps: ScoreCaps::default(),
+        policy: Some(&ctx.settings.policy),
+        job_remaining_units: (job.max_cores > 0).then(|| job.max_cores - job_cores_in_use),
+    };
+    ctx.cache.any_reserved_fit(&state.keys, &search)
+}
+
+fn search_cache(ctx: &Context, state: &LayerState, job_cores_in_use: i64) -> Option<Host> {
     let job = &state.work.job;
     let caps = ScoreCaps { job_max_cores: job.max_cores, job_cores_in_use, ..ScoreCaps::default() };
     let job_remaining_units = (job.max_cores > 0).then(|| job.max_cores - job_cores_in_use);
@@ -389,7 +450,9 @@ pub fn ensure_groups(ctx: &Context, keys: &[GroupKey]) -> Result<(), db::DbError
     let mut client = db::get(&ctx.pool, "fetch host group")?;
     for key in missing {
         let rows = fetch_group(&mut client, &key)?;
-        ctx.cache.apply_group(&key, rows);
+        if ctx.cache.apply_group(&key, rows) {
+            ctx.wake_backed_off_jobs();
+        }
     }
     Ok(())
 }
@@ -415,10 +478,12 @@ fn run_layer(ctx: &Context, pass: &Pass, state: &mut LayerState, job_booked_unit
         state.attempts += 1;
         ctx.metrics.host_attempts_total.inc();
         let Some(host) = checkout(ctx, state, job.cores_in_use + *job_booked_units) else {
+            state.saw_reserved |= reserved_hosts_fit(ctx, state, job.cores_in_use + *job_booked_units);
             ctx.metrics.checkout_outcome_total.with_label_values(&["no_match"]).inc();
             ctx.metrics.no_candidate_iterations_total.inc();
             break;
         };
+        state.matched = true;
         let step = book_on_host(ctx, pass, state.work, &host, &mut state.frames, job_booked_units, launches);
         ctx.metrics.checkout_outcome_total.with_label_values(&[step.outcome_label]).inc();
         outcome.result.frames_booked += step.booked;

@@ -257,7 +257,9 @@ fn refresh_groups(ctx: &Context) -> Result<(), DbError> {
             break;
         }
         let rows = pass::fetch_group(&mut client, &key)?;
-        ctx.cache.apply_group(&key, rows);
+        if ctx.cache.apply_group(&key, rows) {
+            ctx.wake_backed_off_jobs();
+        }
     }
     Ok(())
 }

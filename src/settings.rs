@@ -15,6 +15,9 @@ pub struct Settings {
     pub frames_per_layer: usize,
     pub jobs_per_pass: usize,
     pub attempts_per_layer: usize,
+    /// A job whose every layer found no host is skipped this long (0 = never), unless a cache
+    /// refresh sees capacity grow first.
+    pub job_back_off: Duration,
     pub strategy: Strategy,
     pub policy: MatchPolicy,
     pub cache: CacheSettings,
@@ -144,6 +147,7 @@ impl Settings {
             frames_per_layer: q.dispatch_frames_per_layer_limit.min(crate::limits::FRAMES_PER_LAYER_MAX),
             jobs_per_pass: q.max_jobs_per_cluster_pass,
             attempts_per_layer: q.host_candidate_attempts_per_layer,
+            job_back_off: q.job_back_off_duration,
             strategy,
             policy: MatchPolicy {
                 memory_stranded_threshold_kib: q.memory_stranded_threshold_kib,
@@ -177,4 +181,44 @@ impl Settings {
             shutdown_drain_timeout: Duration::from_millis(crate::limits::SHUTDOWN_DRAIN_TIMEOUT_MS),
         })
     }
+}
+
+/// Keys this design accepts for compatibility but does not need, set to a non-default value:
+/// one warning each, saying why, so no key is silently dead.
+pub fn inert_key_warnings(config: &crate::config::Config) -> Vec<String> {
+    let d = crate::config::Config::default();
+    let mut out = Vec::new();
+    let mut check = |set: bool, key: &str, why: &str| {
+        if set {
+            out.push(format!("{key} has no effect in this scheduler: {why}"));
+        }
+    };
+    check(config.sentry_dsn.is_some(), "sentry_dsn", "there is no Sentry client; errors are logged and counted in scheduler_errors_total");
+    check(
+        config.queue.allocation_refresh_interval != d.queue.allocation_refresh_interval,
+        "queue.allocation_refresh_interval",
+        "subscription headroom is checked in the booking transaction, not from a cache",
+    );
+    check(
+        config.accounting != d.accounting,
+        "accounting.*",
+        "there is no recompute loop: the rollups are updated in the booking transaction",
+    );
+    check(
+        config.host_cache.concurrent_groups != d.host_cache.concurrent_groups
+            || config.host_cache.concurrent_fetch_permit != d.host_cache.concurrent_fetch_permit,
+        "host_cache.concurrent_groups / concurrent_fetch_permit",
+        "groups are refreshed by one cache-refresh thread, one query each",
+    );
+    check(
+        config.queue.stream.job_buffer_size != d.queue.stream.job_buffer_size,
+        "queue.stream.job_buffer_size",
+        "jobs of a pass run on the matcher pool of queue.worker_threads threads",
+    );
+    check(
+        config.queue.core_multiplier != d.queue.core_multiplier,
+        "queue.core_multiplier",
+        "Cuebot's core units are fixed at 100 per core; other values are ignored",
+    );
+    out
 }

@@ -176,3 +176,33 @@ fn paused_capped_and_over_burst_work_gets_nothing() {
     assert_eq!(count(&mut client, "SELECT max(int_cores)::bigint FROM subscription"), 300);
     assert!(metrics.accounting_limit_exceeded_total.with_label_values(&["subscription"]).get() >= 1);
 }
+
+/// Discovery: a show not managed by the scheduler (Cuebot books it) is never touched, and a
+/// HOSTNAME tag forms its own cluster that reaches only that host.
+#[test]
+fn unmanaged_shows_are_left_to_cuebot_and_hostname_tags_form_clusters() {
+    let f = farm("discovery", 27, 100_000, |o, h| {
+        vec![
+            host(&h[0], &o.general_alloc, "general", 8, 32).tag(&h[0], "HOSTNAME"),
+            host(&h[1], &o.general_alloc, "general", 8, 32),
+        ]
+    }, 2);
+    seed(&f, &job(&f.org, "showa-pinned", vec![LayerSpec::new("pin", "1-3", &f.hosts[0])]));
+    let mut farm = f.db.farm();
+    let other = farm.show("cuebot_show", false).expect("show");
+    let folder = farm.folder(&other, &f.org.dept_id, "cuebot_show").expect("folder");
+    farm.subscription(&other, &f.org.general_alloc, 100_000, 100_000).expect("subscription");
+    let mut theirs = job(&f.org, "cuebot_show-job", vec![LayerSpec::new("render", "1-4", "general")]);
+    theirs.show_id = other;
+    theirs.show_name = "cuebot_show".into();
+    theirs.folder_id = folder;
+    seed(&f, &theirs);
+    let (launches, _) = run(&f, |_| {});
+    assert_eq!(launches.len(), 3, "{launches:?}");
+    assert!(launches.iter().all(|l| l.0.ends_with("-pin") && l.1 == f.hosts[0]), "{launches:?}");
+    let mut client = f.db.client();
+    assert_eq!(
+        count(&mut client, "SELECT count(*) FROM frame f JOIN job j USING (pk_job) WHERE j.str_name = 'cuebot_show-job' AND f.str_state = 'WAITING'"),
+        4
+    );
+}

@@ -89,6 +89,7 @@ pub fn settings(db: &TestDb, rqd_port: u16) -> Settings {
         frames_per_layer: 20,
         jobs_per_pass: 20,
         attempts_per_layer: 10,
+        job_back_off: Duration::from_secs(300),
         strategy: Strategy::Saturation { core_ascending: true, memory_ascending: false },
         policy: MatchPolicy { memory_stranded_threshold_kib: 2 * 1_048_576, selfish_services: vec![] },
         cache: CacheSettings {
