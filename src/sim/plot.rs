@@ -29,7 +29,8 @@ pub fn svg(title: &str, series: &[Series]) -> String {
         let y = top + plot_h * f64::from(i) / 5.0;
         let _ = writeln!(out, r##"<line x1="{left}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#eee"/>"##, left + plot_w);
     }
-    for (n, s) in series.iter().enumerate() {
+    let mut legend_x = left;
+    for s in series.iter() {
         let max = if s.max > 0.0 { s.max } else { 1.0 };
         let points: Vec<String> = s
             .points
@@ -38,9 +39,11 @@ pub fn svg(title: &str, series: &[Series]) -> String {
             .collect();
         let _ = writeln!(out, r#"<polyline fill="none" stroke="{}" stroke-width="2" points="{}"/>"#, s.colour, points.join(" "));
         let ly = height - 12.0;
-        let lx = left + 260.0 * n as f64;
-        let _ = writeln!(out, r#"<rect x="{lx}" y="{:.1}" width="14" height="4" fill="{}"/>"#, ly - 4.0, s.colour);
-        let _ = writeln!(out, r#"<text x="{:.1}" y="{ly:.1}">{} (top = {:.0}{})</text>"#, lx + 20.0, escape(s.name), max, escape(s.unit));
+        let label = format!("{} (top = {:.0}{})", s.name, max, s.unit);
+        let _ = writeln!(out, r#"<rect x="{legend_x:.1}" y="{:.1}" width="14" height="4" fill="{}"/>"#, ly - 4.0, s.colour);
+        let _ = writeln!(out, r#"<text x="{:.1}" y="{ly:.1}">{}</text>"#, legend_x + 20.0, escape(&label));
+        // About 6.5 px per character at 12 px sans-serif, plus the swatch and a gap.
+        legend_x += 20.0 + 6.5 * label.chars().count() as f64 + 24.0;
     }
     out.push_str("</svg>\n");
     out
