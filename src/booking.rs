@@ -29,14 +29,17 @@ const RETRY_EXEMPT_STATUSES: &str = "'{-1,256,286,299,301,302,399}'::bigint[]";
 fn start_frames_sql() -> String {
     let limit_ok = layer_limit_ok("l.pk_layer");
     format!(
-        "WITH started AS (
+        "WITH lf AS (
+           SELECT f.pk_frame FROM frame f WHERE f.pk_frame = ANY($3::text[]) AND f.str_state = 'WAITING'
+           ORDER BY f.pk_frame FOR UPDATE SKIP LOCKED),
+         started AS (
            UPDATE frame f SET str_state = 'RUNNING', str_host = $2, int_cores = b.cores,
                   int_mem_reserved = $6, int_gpus = $7, int_gpu_mem_reserved = $8,
                   ts_updated = now(), ts_started = now(), ts_stopped = NULL,
                   int_version = COALESCE(f.int_version, 0) + 1,
                   int_retries = f.int_retries + CASE WHEN f.int_exit_status <> ALL ({RETRY_EXEMPT_STATUSES}) THEN 1 ELSE 0 END
            FROM unnest($3::text[], $4::bigint[], $5::bigint[]) AS b(id, version, cores)
-           WHERE f.pk_frame = b.id AND f.pk_layer = $1 AND f.str_state = 'WAITING'
+           WHERE f.pk_frame = b.id AND f.pk_frame IN (SELECT pk_frame FROM lf) AND f.pk_layer = $1 AND f.str_state = 'WAITING'
              AND COALESCE(f.int_version, 0) = b.version
              AND EXISTS (SELECT 1 FROM layer l WHERE l.pk_layer = $1
                            AND (l.ts_start_after IS NULL OR l.ts_start_after <= now()) AND {limit_ok})
@@ -54,9 +57,10 @@ fn start_frames_sql() -> String {
 }
 
 /// Frame start for a batch: frames of several layers of several jobs on several hosts. Rows
-/// that several writers may share are locked first, in a fixed order (layer_stat by key,
-/// job_stat by key, frames by key), so concurrent batches cannot deadlock on them; Cuebot's
-/// status trigger then only touches rows this transaction already holds.
+/// that several writers may share are locked first, in Cuebot's order (frames, then
+/// layer_stat, then job_stat), each table by key, so concurrent bookers cannot deadlock on
+/// them and the status trigger only touches rows this transaction already holds. Frames
+/// another transaction is booking right now are skipped (SKIP LOCKED): they are taken.
 fn start_batch_sql() -> String {
     let limit_ok = layer_limit_ok("l.pk_layer");
     format!(
@@ -64,11 +68,12 @@ fn start_batch_sql() -> String {
            SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[],
                                 $7::bigint[], $8::bigint[], $9::bigint[], $10::text[])
              AS b(id, expected_version, cores, layer, host_name, host_id, mem, gpus, gpu_mem, job)),
-         ls AS (SELECT pk_layer FROM layer_stat WHERE pk_layer = ANY($4::text[]) ORDER BY pk_layer FOR UPDATE),
+         lf AS (SELECT f.pk_frame FROM frame f WHERE f.pk_frame = ANY($1::text[]) AND f.str_state = 'WAITING'
+                ORDER BY f.pk_frame FOR UPDATE SKIP LOCKED),
+         ls AS (SELECT pk_layer FROM layer_stat WHERE pk_layer = ANY($4::text[]) AND (SELECT count(*) FROM lf) >= 0
+                ORDER BY pk_layer FOR UPDATE),
          js AS (SELECT pk_job FROM job_stat WHERE pk_job = ANY($13::text[]) AND (SELECT count(*) FROM ls) >= 0
                 ORDER BY pk_job FOR UPDATE),
-         lf AS (SELECT f.pk_frame FROM frame f WHERE f.pk_frame = ANY($1::text[]) AND (SELECT count(*) FROM js) >= 0
-                ORDER BY f.pk_frame FOR UPDATE),
          started AS (
            UPDATE frame f SET str_state = 'RUNNING', str_host = b.host_name, int_cores = b.cores,
                   int_mem_reserved = b.mem, int_gpus = b.gpus, int_gpu_mem_reserved = b.gpu_mem,
@@ -76,7 +81,7 @@ fn start_batch_sql() -> String {
                   int_version = COALESCE(f.int_version, 0) + 1,
                   int_retries = f.int_retries + CASE WHEN f.int_exit_status <> ALL ({RETRY_EXEMPT_STATUSES}) THEN 1 ELSE 0 END
            FROM b
-           WHERE f.pk_frame = b.id AND f.pk_frame IN (SELECT pk_frame FROM lf)
+           WHERE f.pk_frame = b.id AND f.pk_frame IN (SELECT pk_frame FROM lf) AND (SELECT count(*) FROM js) >= 0
              AND f.pk_layer = b.layer AND f.pk_job = b.job AND f.str_state = 'WAITING'
              AND COALESCE(f.int_version, 0) = b.expected_version
              AND EXISTS (SELECT 1 FROM layer l WHERE l.pk_layer = b.layer
@@ -370,13 +375,14 @@ impl Booker {
         self.client.as_mut().ok_or(DbError::Connect { context: "booking connection", message: "unavailable".into() })
     }
 
-    /// Books a batch, retrying deadlocks and serialization failures a bounded number of times.
-    pub fn book(&mut self, plan: &BatchPlan) -> Result<BookOutcome, DbError> {
+    /// Runs one transaction body, retrying deadlocks and serialization failures a bounded
+    /// number of times (`limits::BOOKING_ATTEMPTS_MAX`, with a short growing pause), and
+    /// dropping the connection when it is lost so the next call reconnects.
+    fn with_retry<T>(&mut self, mut body: impl FnMut(&mut Client, &Statements) -> Result<T, DbError>) -> Result<T, DbError> {
         let mut attempt = 1;
         loop {
             let (client, statements) = self.connection()?;
-            let result = book_once(client, statements, plan);
-            match result {
+            match body(client, statements) {
                 Err(e) if e.is_transient() && attempt < limits::BOOKING_ATTEMPTS_MAX => {
                     attempt += 1;
                     std::thread::sleep(Duration::from_millis(limits::BOOKING_RETRY_PAUSE_MS * u64::from(attempt)));
@@ -387,47 +393,26 @@ impl Booker {
                     }
                     return Err(e);
                 }
-                Ok(outcome) => return Ok(outcome),
+                Ok(value) => return Ok(value),
             }
         }
     }
 
+    /// Books a batch of one layer on one host.
+    pub fn book(&mut self, plan: &BatchPlan) -> Result<BookOutcome, DbError> {
+        self.with_retry(|client, statements| book_once(client, statements, plan))
+    }
+
     /// Books a batch in one transaction, all or nothing.
     pub fn book_batch(&mut self, batch: &Batch) -> Result<BatchOutcome, DbError> {
-        let mut attempt = 1;
-        loop {
-            let (client, statements) = self.connection()?;
-            match book_batch_once(client, statements, batch) {
-                Err(e) if e.is_transient() && attempt < limits::BOOKING_ATTEMPTS_MAX => attempt += 1,
-                Err(e) => {
-                    if e.is_connection_lost() {
-                        self.client = None;
-                    }
-                    return Err(e);
-                }
-                Ok(outcome) => return Ok(outcome),
-            }
-        }
+        self.with_retry(|client, statements| book_batch_once(client, statements, batch))
     }
 
     /// Undoes a committed booking whose launch failed or was abandoned: frame back to WAITING
     /// with exit status 299, proc deleted, host and the five rollups restored. Returns false
     /// when the booking was no longer ours to undo (Cuebot or RQD already moved the frame on).
     pub fn compensate(&mut self, frame_id: &str, version: i32, proc_id: &str) -> Result<bool, DbError> {
-        let mut attempt = 1;
-        loop {
-            let (client, statements) = self.connection()?;
-            match compensate_once(client, statements, frame_id, version, proc_id) {
-                Err(e) if e.is_transient() && attempt < limits::BOOKING_ATTEMPTS_MAX => attempt += 1,
-                Err(e) => {
-                    if e.is_connection_lost() {
-                        self.client = None;
-                    }
-                    return Err(e);
-                }
-                Ok(undone) => return Ok(undone),
-            }
-        }
+        self.with_retry(|client, statements| compensate_once(client, statements, frame_id, version, proc_id))
     }
 }
 
@@ -499,7 +484,7 @@ fn book_batch_once(client: &mut Client, statements: &Statements, batch: &Batch) 
               &strs(|x| &x.job_id), &batch.show_id, &batch.mem_used_initial, &job_keys],
         )
         .map_err(DbError::query(CTX))?;
-    if rows.len() != f.len() {
+    if rows.is_empty() {
         txn.rollback().map_err(DbError::query("roll back batch booking"))?;
         return Ok(BatchOutcome::Conflict);
     }
@@ -512,6 +497,11 @@ fn book_batch_once(client: &mut Client, statements: &Statements, batch: &Batch) 
             cores: col(row, 3, CTX)?,
         });
     }
+    // Charge what started: frames taken by another booker meanwhile are simply not booked.
+    let started: std::collections::HashSet<&str> = booked.iter().map(|b| b.frame_id.as_str()).collect();
+    let charged: Vec<BatchFrame> = f.iter().filter(|x| started.contains(x.frame_id.as_str())).cloned().collect();
+    let f = &charged;
+    let jobs = sums_by(f, |x| x.job_id.as_str());
     let hosts = sums_by(f, |x| x.host_id.as_str());
     let layers = sums_by(f, |x| x.layer_id.as_str());
     let folders = sums_by(f, |x| x.folder_id.as_str());

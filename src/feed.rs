@@ -21,6 +21,9 @@ pub struct PassDone {
     pub result: PassResult,
 }
 
+/// How soon a cluster leased by another instance is looked at again.
+const LEASE_RETRY_MS: u64 = 100;
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum SleepReason {
     NoWork,
@@ -40,6 +43,29 @@ struct FetchConnection {
     pass: Statement,
     awake: Statement,
     probe: Statement,
+    lease: Statement,
+    release: Statement,
+}
+
+/// The cluster's lease key: a session advisory lock every instance derives the same way
+/// (64-bit FNV-1a of the cluster's identity), held by the fetcher's connection while the
+/// cluster's pass is in flight. Another instance skips a leased cluster, so instances take
+/// turns instead of racing each other for the same frames and hosts; a crashed instance's
+/// leases die with its connection. The database guards stay the safety net.
+pub fn lease_key(cluster: &Cluster) -> i64 {
+    let identity = format!(
+        "cue-scheduler|{}|{}|{}|{}",
+        cluster.facility_id,
+        cluster.show_id,
+        cluster.kind.label(),
+        cluster.tags.join(",")
+    );
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in identity.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash as i64
 }
 
 /// The wake probe: (waiting frames of pending jobs, pending jobs, newest job start, idle
@@ -95,7 +121,9 @@ impl FetchConnection {
         let pass = client.prepare(&queries::pass_sql(ctx.managed_mode)).map_err(DbError::query("prepare pass query"))?;
         let awake = client.prepare(&awake_sql(ctx.managed_mode)).map_err(DbError::query("prepare awake scan"))?;
         let probe = client.prepare(PROBE_SQL).map_err(DbError::query("prepare wake probe"))?;
-        Ok(FetchConnection { client, pass, awake, probe })
+        let lease = client.prepare("SELECT pg_try_advisory_lock($1::bigint)").map_err(DbError::query("prepare lease"))?;
+        let release = client.prepare("SELECT pg_advisory_unlock($1::bigint)").map_err(DbError::query("prepare release"))?;
+        Ok(FetchConnection { client, pass, awake, probe, lease, release })
     }
 }
 
@@ -184,6 +212,7 @@ impl<'a> Feed<'a> {
     }
 
     fn finish(&mut self, finished: PassDone) {
+        self.release(&finished.cluster);
         let settings = self.ctx.tunables().clone();
         let Some(slot) = self.slots.iter_mut().find(|s| s.cluster == finished.cluster) else { return };
         slot.in_flight = false;
@@ -252,6 +281,23 @@ impl<'a> Feed<'a> {
                     })
                     .collect();
                 self.next = 0;
+            }
+        }
+    }
+
+    fn lease(&mut self, cluster: &Cluster) -> Result<bool, DbError> {
+        let key = lease_key(cluster);
+        let conn = self.connection()?;
+        let row = conn.client.query_one(&conn.lease, &[&key]).map_err(DbError::query("lease cluster"))?;
+        queries::col(&row, 0, "lease cluster")
+    }
+
+    fn release(&mut self, cluster: &Cluster) {
+        let key = lease_key(cluster);
+        // A lost connection released every lease already; do not reconnect just for this.
+        if let Some(conn) = self.connection.as_mut().filter(|c| !c.client.is_closed()) {
+            if let Err(e) = conn.client.query_one(&conn.release, &[&key]) {
+                debug!("cluster {cluster}: lease release failed: {e}");
             }
         }
     }
@@ -386,6 +432,16 @@ impl<'a> Feed<'a> {
         let cluster = self.slots[index].cluster.clone();
         let settings = &self.ctx.settings;
         let (jobs_max, frames_max) = (settings.jobs_per_pass as i64, settings.frames_per_layer as i64);
+        match self.lease(&cluster) {
+            Ok(true) => {}
+            Ok(false) => {
+                // Another instance is working on this cluster: look again shortly.
+                self.slots[index].wake_at = Some((Instant::now() + Duration::from_millis(LEASE_RETRY_MS), SleepReason::Saturated));
+                self.ctx.metrics.booking_conflicts_total.with_label_values(&["cluster_leased"]).inc();
+                return None;
+            }
+            Err(e) => debug!("cluster {cluster}: lease query failed ({e}); the pass query will tell"),
+        }
         let started = Instant::now();
         let result = match self.connection() {
             Ok(conn) => queries::fetch_pass(&mut conn.client, &conn.pass, &cluster, jobs_max, frames_max),
@@ -395,8 +451,7 @@ impl<'a> Feed<'a> {
         ctx.metrics.job_query_duration_seconds.observe(started.elapsed().as_secs_f64());
         self.passes += 1;
         let now = Instant::now();
-        let slot = &mut self.slots[index];
-        if let Some(previous) = slot.last_emitted.replace(now) {
+        if let Some(previous) = self.slots[index].last_emitted.replace(now) {
             ctx.metrics.cluster_round_trip_seconds.with_label_values(&[cluster.kind.label()]).observe(now.duration_since(previous).as_secs_f64());
         }
         let work = match result {
@@ -408,7 +463,7 @@ impl<'a> Feed<'a> {
                     self.connection = None;
                 }
                 let sleep = ctx.tunables().cluster_empty_sleep;
-                slot.wake_at = Some((now + sleep, SleepReason::NoWork));
+                self.slots[index].wake_at = Some((now + sleep, SleepReason::NoWork));
                 let message = e.to_string();
                 if self.failing.get(&cluster) == Some(&message) {
                     debug!("cluster {cluster}: pending-work query failed again: {message}");
@@ -417,6 +472,7 @@ impl<'a> Feed<'a> {
                     self.failing.insert(cluster.clone(), message);
                 }
                 ctx.metrics.pass_terminated_reason_total.with_label_values(&["query_error"]).inc();
+                self.release(&cluster);
                 return None;
             }
         };
@@ -427,10 +483,11 @@ impl<'a> Feed<'a> {
         let jobs = count_jobs(&work);
         ctx.metrics.jobs_queried_total.inc_by(jobs as u64);
         if work.is_empty() {
-            slot.wake_at = Some((now + ctx.tunables().cluster_empty_sleep, SleepReason::NoWork));
+            self.slots[index].wake_at = Some((now + ctx.tunables().cluster_empty_sleep, SleepReason::NoWork));
             ctx.metrics.pass_terminated_reason_total.with_label_values(&["no_jobs"]).inc();
             ctx.metrics.frames_dispatched_per_pass.with_label_values(&[cluster.kind.label()]).observe(0.0);
             self.empty_passes += 1;
+            self.release(&cluster);
             if let Some(limit) = ctx.settings.empty_job_cycles_before_quitting {
                 if self.empty_passes >= limit {
                     info!("{} consecutive passes found no jobs (empty_job_cycles_before_quitting); stopping", self.empty_passes);
@@ -440,7 +497,7 @@ impl<'a> Feed<'a> {
             return None;
         }
         self.empty_passes = 0;
-        slot.in_flight = true;
+        self.slots[index].in_flight = true;
         debug!("cluster {cluster}: {jobs} jobs, {} layers to match", work.len());
         Some(Pass { cluster, work, fetched_at: started })
     }

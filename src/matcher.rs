@@ -91,6 +91,11 @@ pub fn check_host(host: &Host, layer: &Layer, job_os: Option<&str>) -> Result<()
     if host.idle_whole_cores() < core_floor(layer, host) {
         return Err(Reject::Cores);
     }
+    check_memory_and_gpus(host, layer)
+}
+
+/// Idle memory, GPUs and GPU memory against the layer's minimums.
+fn check_memory_and_gpus(host: &Host, layer: &Layer) -> Result<(), Reject> {
     if host.mem_idle < layer.mem_min {
         return Err(Reject::Memory);
     }
@@ -138,15 +143,7 @@ pub fn reserve_cores(
     if cores > host.total_whole_cores() || cores > idle {
         return Err(Reject::Cores);
     }
-    if host.mem_idle < layer.mem_min {
-        return Err(Reject::Memory);
-    }
-    if host.gpus_idle < layer.gpus_min {
-        return Err(Reject::Gpus);
-    }
-    if host.gpu_mem_idle < layer.gpu_mem_min {
-        return Err(Reject::GpuMemory);
-    }
+    check_memory_and_gpus(host, layer)?;
     Ok(cores * CORE_UNITS_PER_CORE)
 }
 

@@ -285,6 +285,12 @@ fn apply_batch(
         let state = &mut plan.states[assignment.layer];
         let mine: Vec<BookedFrame> =
             booked.iter().filter(|b| assignment.planned.iter().any(|p| p.frame_id == b.frame_id)).cloned().collect();
+        let lost = assignment.planned.len() - mine.len();
+        if lost > 0 {
+            // Taken by another booker meanwhile (SKIP LOCKED or no longer WAITING): dropped.
+            ctx.metrics.booking_conflicts_total.with_label_values(&["frame_taken"]).inc_by(lost as u64);
+            state.frames.retain(|(f, _)| !assignment.planned.iter().any(|p| p.frame_id == f.id) || mine.iter().any(|b| b.frame_id == f.id));
+        }
         launched += launch_booked(ctx, pass, state.work, &assignment.host, &mine, &mut state.frames, &mut plan.booked_units, launches);
         ctx.metrics.checkout_outcome_total.with_label_values(&["booked"]).inc();
     }
