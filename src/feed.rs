@@ -454,8 +454,8 @@ impl<'a> Feed<'a> {
         if let Some(previous) = self.slots[index].last_emitted.replace(now) {
             ctx.metrics.cluster_round_trip_seconds.with_label_values(&[cluster.kind.label()]).observe(now.duration_since(previous).as_secs_f64());
         }
-        let work = match result {
-            Ok(work) => work,
+        let (work, alloc_headroom) = match result {
+            Ok(found) => (found.work, found.alloc_headroom),
             Err(e) => {
                 ctx.count_error("feed");
                 ctx.db_reachable.store(!e.is_connection_lost(), Ordering::Relaxed);
@@ -499,7 +499,7 @@ impl<'a> Feed<'a> {
         self.empty_passes = 0;
         self.slots[index].in_flight = true;
         debug!("cluster {cluster}: {jobs} jobs, {} layers to match", work.len());
-        Some(Pass { cluster, work, fetched_at: started })
+        Some(Pass { cluster, work, fetched_at: started, alloc_headroom })
     }
 
     /// Blocks while the matchers are busy, waking to notice a stop.

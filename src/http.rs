@@ -1,6 +1,7 @@
 //! The HTTP endpoint: `/metrics` (Prometheus text), `/healthz` (process alive), `/readyz`
-//! (database reachable and clusters loaded); anything else is 404. Requests are read only up
-//! to `limits::HTTP_REQUEST_BYTES_MAX` and answered within `limits::HTTP_RESPONSE_TIMEOUT_MS`.
+//! (database reachable and clusters loaded); anything else is 404, a method other than GET or
+//! HEAD is 405, a request announcing a body over `limits::HTTP_REQUEST_BYTES_MAX` is 413. One
+//! thread answers, in order; tiny_http's own accept thread is not ours to name.
 
 use crate::context::Context;
 use crate::limits;

@@ -3,8 +3,6 @@
 //! Configurable limits live in `config.rs`; these are the ones an operator should never need to
 //! touch. Each says why it has its value.
 
-use std::time::Duration;
-
 /// Cluster passes queued between the job fetcher and the matchers. Small: a pass is a snapshot
 /// of the database and goes stale while it waits.
 pub const PASS_CHANNEL_CAPACITY: usize = 16;
@@ -33,9 +31,6 @@ pub const SHUTDOWN_DRAIN_TIMEOUT_MS: u64 = 20_000;
 /// Waiting frames fetched per layer are also bounded by config; this bounds the config value.
 pub const FRAMES_PER_LAYER_MAX: usize = 1_000;
 
-/// Hosts remembered as "backed off" after an RQD failure; the oldest entries are dropped first.
-pub const BACKED_OFF_HOSTS_MAX: usize = 100_000;
-
 /// Jobs remembered as backed off (queue.job_back_off_duration); the map is cleared when full.
 pub const BACKED_OFF_JOBS_MAX: usize = 100_000;
 
@@ -45,10 +40,9 @@ pub const UNLAUNCHABLE_FRAMES_MAX: usize = 100_000;
 /// Cached gRPC channels, one per RQD host name.
 pub const RQD_CHANNELS_MAX: usize = 4_096;
 
-/// The metrics/health HTTP server: threads answering requests, bytes of a request we read.
-pub const HTTP_THREADS: usize = 2;
+/// The metrics/health HTTP server answers only bodiless GETs: a request announcing a larger
+/// body is refused with 413.
 pub const HTTP_REQUEST_BYTES_MAX: usize = 8 * 1024;
-pub const HTTP_RESPONSE_TIMEOUT_MS: u64 = 5_000;
 
 /// Period of the fetcher's wake probe: one aggregate over pending jobs whose change (more
 /// waiting frames, a new job) triggers an immediate awake scan. It bounds first-dispatch latency
@@ -63,10 +57,6 @@ pub const GROUP_REFETCH_MIN_MS: u64 = 500;
 
 /// Granularity of every sleep that must notice a shutdown request.
 pub const SHUTDOWN_POLL_MS: u64 = 50;
-
-/// Checked-out hosts not checked back in within this time are given back by the cache anyway
-/// (a matcher that panicked). The configured `checkout_timeout` is normally shorter.
-pub const CHECKOUT_LEAK_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Fitting hosts `explain` lists per layer.
 pub const EXPLAIN_HOSTS_SHOWN_MAX: usize = 5;

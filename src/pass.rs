@@ -17,7 +17,7 @@ use crate::protos::rqd::RunFrame;
 use crate::host_cache::HostId;
 use crossbeam::channel::Sender;
 use rayon::prelude::*;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -39,6 +39,8 @@ pub struct Pass {
     pub cluster: Cluster,
     pub work: Vec<LayerWork>,
     pub fetched_at: Instant,
+    /// Allocation clusters: subscription room (core units) when the pass was read.
+    pub alloc_headroom: Option<i64>,
 }
 
 /// What a pass achieved.
@@ -72,7 +74,10 @@ pub fn run_pass(ctx: &Context, pass: &Pass, launches: &Sender<Launch>) -> PassRe
             start = i;
         }
     }
-    let mut plans: Vec<JobPlan> = jobs.par_iter().filter_map(|layers| plan_job(ctx, pass, layers)).collect();
+    // §3.9 step 3: the allocation's room, shared by every job's plan and shrinking with it, so
+    // a pass plans no more than the subscription can take (the booking guard stays the truth).
+    let budget = AtomicI64::new(pass.alloc_headroom.unwrap_or(i64::MAX));
+    let mut plans: Vec<JobPlan> = jobs.par_iter().filter_map(|layers| plan_job(ctx, pass, layers, &budget)).collect();
     let booked = book_planned(ctx, pass, &mut plans, launches);
     plans
         .par_iter_mut()
@@ -99,7 +104,7 @@ struct JobPlan<'a> {
     stop_job: bool,
 }
 
-fn plan_job<'a>(ctx: &Context, pass: &Pass, layers: &'a [LayerWork]) -> Option<JobPlan<'a>> {
+fn plan_job<'a>(ctx: &Context, pass: &Pass, layers: &'a [LayerWork], budget: &AtomicI64) -> Option<JobPlan<'a>> {
     let job = Arc::clone(&layers.first()?.job);
     if ctx.job_backed_off(&backoff_key(pass, &job)) {
         debug!("job {} skipped: no host fitted any of its layers recently (job_back_off_duration)", job.name);
@@ -128,7 +133,7 @@ fn plan_job<'a>(ctx: &Context, pass: &Pass, layers: &'a [LayerWork]) -> Option<J
     }
     let mut plan = JobPlan { job, states, assignments: Vec::new(), booked_units: 0, stop_job: false };
     if plan.states.iter().all(|s| !s.work.layer.has_limits) && !ctx.stopping() {
-        plan_hosts(ctx, &mut plan);
+        plan_hosts(ctx, &mut plan, budget);
     }
     Some(plan)
 }
@@ -197,7 +202,7 @@ struct Assignment {
 
 /// Plans hosts for every layer of the job: as many hosts as each layer's fetched frames
 /// need, within its attempt budget and the job's cap. Hosts stay checked out until booked.
-fn plan_hosts(ctx: &Context, plan: &mut JobPlan) {
+fn plan_hosts(ctx: &Context, plan: &mut JobPlan, budget: &AtomicI64) {
     let job = Arc::clone(&plan.job);
     let mut planned_units = 0i64;
     'layers: for (index, state) in plan.states.iter_mut().enumerate() {
@@ -215,7 +220,8 @@ fn plan_hosts(ctx: &Context, plan: &mut JobPlan) {
                 break;
             };
             state.matched = true;
-            let planned = plan_on_host(ctx, state.work, &host, &unplanned, planned_units);
+            let mut planned = plan_on_host(ctx, state.work, &host, &unplanned, planned_units);
+            take_from_budget(budget, &mut planned);
             if planned.is_empty() {
                 ctx.cache.invalidate(&host.id);
                 ctx.metrics.checkout_outcome_total.with_label_values(&["no_progress"]).inc();
@@ -226,6 +232,26 @@ fn plan_hosts(ctx: &Context, plan: &mut JobPlan) {
             plan.assignments.push(Assignment { layer: index, host, planned });
         }
     }
+}
+
+/// Keeps the planned frames whose cores still fit the pass's allocation budget, and takes
+/// their cores from it.
+fn take_from_budget(budget: &AtomicI64, planned: &mut Vec<PlannedFrame>) {
+    let mut taken = 0;
+    let _ = budget.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |room| {
+        let mut left = room;
+        let mut keep = 0;
+        for frame in planned.iter() {
+            if frame.cores > left {
+                break;
+            }
+            left -= frame.cores;
+            keep += 1;
+        }
+        taken = keep;
+        Some(left)
+    });
+    planned.truncate(taken);
 }
 
 /// Books every planned assignment: the whole pass in one transaction; if anything conflicts,

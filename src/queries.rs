@@ -43,14 +43,15 @@ pub fn pass_sql(managed_mode: bool) -> String {
     let managed = managed_clause(managed_mode, "s");
     let limit_ok = layer_limit_ok("l.pk_layer");
     format!(
-        "WITH jobs AS (
+        "WITH candidates AS (
+           -- Cheap filters and the order first; OFFSET 0 keeps the costly tests below out of
+           -- this scan, so they run on candidates in order until $5 jobs qualify.
            SELECT j.pk_job, j.str_name, j.str_show, j.str_shot, j.str_user, j.str_log_dir,
                   j.int_uid::bigint AS uid, j.str_os, COALESCE(j.str_loki_url, '') AS loki,
-                  j.pk_folder, j.pk_dept, jr.int_priority::bigint AS priority,
+                  j.pk_folder, j.pk_dept, fo.pk_dept AS folder_dept, fo.pk_show AS folder_show,
+                  jr.int_priority::bigint AS priority,
                   jr.int_cores::bigint AS cores, jr.int_max_cores::bigint AS max_cores,
-                  jr.int_gpus::bigint AS gpus, jr.int_max_gpus::bigint AS max_gpus, j.ts_started,
-                  ARRAY(SELECT e.str_key::text FROM job_env e WHERE e.pk_job = j.pk_job AND e.str_key IS NOT NULL ORDER BY e.pk_job_env) AS env_keys,
-                  ARRAY(SELECT COALESCE(e.str_value, '')::text FROM job_env e WHERE e.pk_job = j.pk_job AND e.str_key IS NOT NULL ORDER BY e.pk_job_env) AS env_values
+                  jr.int_gpus::bigint AS gpus, jr.int_max_gpus::bigint AS max_gpus, j.ts_started
            FROM job j
            JOIN job_stat js ON js.pk_job = j.pk_job
            JOIN job_resource jr ON jr.pk_job = j.pk_job
@@ -60,18 +61,24 @@ pub fn pass_sql(managed_mode: bool) -> String {
              AND NOT j.b_paused AND j.b_auto_book AND js.int_waiting_count > 0
              AND (fr.int_max_cores < 0 OR fr.int_cores < fr.int_max_cores)
              AND (fr.int_max_gpus < 0 OR fr.int_gpus < fr.int_max_gpus)
-             AND EXISTS (SELECT 1 FROM point p WHERE p.pk_dept = fo.pk_dept AND p.pk_show = fo.pk_show)
              AND EXISTS (SELECT 1 FROM show s WHERE s.pk_show = $1 AND s.b_active{managed})
              AND EXISTS (SELECT 1 FROM subscription sub WHERE sub.pk_show = $1
                            AND ($4::text IS NULL OR sub.pk_alloc = $4)
                            AND sub.int_burst > 0 AND sub.int_burst - sub.int_cores >= 100)
+           ORDER BY jr.int_priority DESC, j.ts_started, j.pk_job
+           OFFSET 0),
+         jobs AS (
+           SELECT c.*,
+                  ARRAY(SELECT e.str_key::text FROM job_env e WHERE e.pk_job = c.pk_job AND e.str_key IS NOT NULL ORDER BY e.pk_job_env) AS env_keys,
+                  ARRAY(SELECT COALESCE(e.str_value, '')::text FROM job_env e WHERE e.pk_job = c.pk_job AND e.str_key IS NOT NULL ORDER BY e.pk_job_env) AS env_values
+           FROM candidates c
+           WHERE EXISTS (SELECT 1 FROM point p WHERE p.pk_dept = c.folder_dept AND p.pk_show = c.folder_show)
              AND EXISTS (SELECT 1 FROM layer l JOIN layer_stat ls ON ls.pk_layer = l.pk_layer
-                         WHERE l.pk_job = j.pk_job AND ls.int_waiting_count > 0
+                         WHERE l.pk_job = c.pk_job AND ls.int_waiting_count > 0
                            AND string_to_array(replace(l.str_tags, ' ', ''), '|') && $3::text[]
                            AND (l.ts_start_after IS NULL OR l.ts_start_after <= now())
-                           AND jr.int_cores + l.int_cores_min < jr.int_max_cores
-                           AND jr.int_gpus + l.int_gpus_min < jr.int_max_gpus)
-           ORDER BY jr.int_priority DESC, j.ts_started, j.pk_job
+                           AND c.cores + l.int_cores_min < c.max_cores
+                           AND c.gpus + l.int_gpus_min < c.max_gpus)
            LIMIT $5)
          SELECT jobs.pk_job, jobs.str_name, jobs.str_show, jobs.str_shot, jobs.str_user, jobs.str_log_dir,
                 jobs.uid, jobs.str_os, jobs.loki, jobs.pk_folder, jobs.pk_dept, jobs.priority,
@@ -83,7 +90,9 @@ pub fn pass_sql(managed_mode: bool) -> String {
                 EXISTS (SELECT 1 FROM layer_limit ll WHERE ll.pk_layer = l.pk_layer) AS has_limits,
                 ARRAY(SELECT e.str_key::text FROM layer_env e WHERE e.pk_layer = l.pk_layer AND e.str_key IS NOT NULL ORDER BY e.pk_layer_env),
                 ARRAY(SELECT COALESCE(e.str_value, '')::text FROM layer_env e WHERE e.pk_layer = l.pk_layer AND e.str_key IS NOT NULL ORDER BY e.pk_layer_env),
-                fr.ids, fr.names, fr.versions, fr.orders, fr.ages
+                fr.ids, fr.names, fr.versions, fr.orders, fr.ages,
+                (SELECT (s.int_burst - s.int_cores)::bigint FROM subscription s
+                 WHERE s.pk_show = $1 AND s.pk_alloc = $4) AS alloc_headroom
          FROM jobs
          JOIN layer l ON l.pk_job = jobs.pk_job
          JOIN layer_stat ls ON ls.pk_layer = l.pk_layer
@@ -115,6 +124,15 @@ fn env_pairs(keys: Vec<String>, values: Vec<String>) -> Vec<(String, String)> {
     keys.into_iter().zip(values).collect()
 }
 
+/// What one pass query returned.
+pub struct PassWork {
+    /// Per layer, jobs shared between their layers, in priority order.
+    pub work: Vec<LayerWork>,
+    /// For an allocation cluster: the show's subscription burst minus booked cores, in core
+    /// units, when the query ran.
+    pub alloc_headroom: Option<i64>,
+}
+
 /// Runs the pass query and groups its rows into per-layer work, jobs shared between layers.
 pub fn fetch_pass(
     client: &mut Client,
@@ -122,7 +140,7 @@ pub fn fetch_pass(
     cluster: &Cluster,
     jobs_max: i64,
     frames_per_layer: i64,
-) -> Result<Vec<LayerWork>, DbError> {
+) -> Result<PassWork, DbError> {
     const CTX: &str = "read pending work";
     let rows = client
         .query(
@@ -131,7 +149,9 @@ pub fn fetch_pass(
         )
         .map_err(DbError::query(CTX))?;
     let mut work: Vec<LayerWork> = Vec::with_capacity(rows.len());
+    let mut alloc_headroom = None;
     for row in &rows {
+        alloc_headroom = col(row, 40, CTX)?;
         let job_id: String = col(row, 0, CTX)?;
         let job = match work.last() {
             Some(previous) if previous.job.id == job_id => Arc::clone(&previous.job),
@@ -141,7 +161,7 @@ pub fn fetch_pass(
         let frames = read_frames(row)?;
         work.push(LayerWork { job, layer, frames });
     }
-    Ok(work)
+    Ok(PassWork { work, alloc_headroom })
 }
 
 fn read_job(row: &Row, id: String, show_id: &str) -> Result<Job, DbError> {
