@@ -530,8 +530,8 @@ fn book_batch_once(client: &mut Client, statements: &Statements, batch: &Batch) 
         txn.rollback().map_err(DbError::query("roll back batch booking"))?;
         return Ok(BatchOutcome::Conflict);
     }
-    let (ids, c, m, g, gm): (Vec<String>, Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>) =
-        (col(&row, 7, CTX)?, col(&row, 8, CTX)?, col(&row, 9, CTX)?, col(&row, 10, CTX)?, col(&row, 11, CTX)?);
+    let ids: Vec<String> = col(&row, 7, CTX)?;
+    let [c, m, g, gm]: [Vec<i64>; 4] = [col(&row, 8, CTX)?, col(&row, 9, CTX)?, col(&row, 10, CTX)?, col(&row, 11, CTX)?];
     let db_time: f64 = col(&row, 12, CTX)?;
     txn.commit().map_err(DbError::query("commit batch booking"))?;
     let idle = ids

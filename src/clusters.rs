@@ -93,7 +93,7 @@ pub fn build(rows: &[ClusterRow], selection: &Selection) -> Result<Vec<Cluster>,
     type TagKey = (ClusterKind, String, String, String, String);
     let mut tagged: BTreeMap<TagKey, BTreeSet<String>> = BTreeMap::new();
     for row in rows {
-        if selection.ignore_tags.iter().any(|t| *t == row.tag) || !row_selected(row, selection, &mut used) {
+        if selection.ignore_tags.contains(&row.tag) || !row_selected(row, selection, &mut used) {
             continue;
         }
         if row.kind == ClusterKind::Alloc {

@@ -534,3 +534,39 @@ fn count_jobs(work: &[crate::model::LayerWork]) -> usize {
     }
     jobs
 }
+
+#[cfg(test)]
+mod tests {
+    use super::lease_key;
+    use crate::model::{Cluster, ClusterKind};
+
+    fn cluster(show: &str, tags: &[&str]) -> Cluster {
+        Cluster {
+            facility_id: "F".into(),
+            facility_name: "lax".into(),
+            show_id: show.into(),
+            show_name: show.into(),
+            kind: ClusterKind::Manual,
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            alloc_id: None,
+        }
+    }
+
+    #[test]
+    fn lease_keys_are_stable_and_distinct() {
+        // Every instance must derive the same key: a fixed value guards the hash itself.
+        assert_eq!(lease_key(&cluster("s1", &["a", "b"])), lease_key(&cluster("s1", &["a", "b"])));
+        assert_eq!(lease_key(&cluster("s1", &["a"])), -5982889386064045961_i64, "FNV-1a of `cue-scheduler|F|s1|manual|a`");
+        let keys = [
+            lease_key(&cluster("s1", &["a", "b"])),
+            lease_key(&cluster("s1", &["a"])),
+            lease_key(&cluster("s2", &["a", "b"])),
+            lease_key(&cluster("s1", &["ab"])),
+        ];
+        for (i, a) in keys.iter().enumerate() {
+            for b in &keys[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+}

@@ -130,8 +130,7 @@ impl Host {
     /// `host_stat.str_os` may be a comma list; an unset job OS matches any host.
     pub fn runs_os(&self, os: Option<&str>) -> bool {
         match os {
-            None => true,
-            Some(os) if os.is_empty() => true,
+            None | Some("") => true,
             Some(os) => self.os == os || self.os.split(',').any(|part| part.trim() == os),
         }
     }

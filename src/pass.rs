@@ -61,10 +61,10 @@ impl std::ops::Add for PassResult {
     }
 }
 
-/// Processes a pass in three steps: plan every job in parallel on the current rayon pool
-/// (host checkouts), book everything planned in one transaction (falling back to one
-/// transaction per job, then per host, if anything conflicts), then run the per-layer host
-/// loop for what is left, jobs again in parallel.
+/// Processes a pass in three steps: plan every job in priority order (host checkouts), book
+/// everything planned in one transaction (falling back to one transaction per job, then per
+/// host, if anything conflicts), then run the per-layer host loop for what is left, jobs in
+/// parallel on the current rayon pool.
 pub fn run_pass(ctx: &Context, pass: &Pass, launches: &Sender<Launch>) -> PassResult {
     let mut jobs: Vec<&[LayerWork]> = Vec::new();
     let mut start = 0;
@@ -77,7 +77,9 @@ pub fn run_pass(ctx: &Context, pass: &Pass, launches: &Sender<Launch>) -> PassRe
     // §3.9 step 3: the allocation's room, shared by every job's plan and shrinking with it, so
     // a pass plans no more than the subscription can take (the booking guard stays the truth).
     let budget = AtomicI64::new(pass.alloc_headroom.unwrap_or(i64::MAX));
-    let mut plans: Vec<JobPlan> = jobs.par_iter().filter_map(|layers| plan_job(ctx, pass, layers, &budget)).collect();
+    // Planning goes job by job in priority order, so a higher-priority job gets hosts and
+    // budget first; it only touches the cache. Booking leftovers runs jobs in parallel.
+    let mut plans: Vec<JobPlan> = jobs.iter().filter_map(|layers| plan_job(ctx, pass, layers, &budget)).collect();
     let booked = book_planned(ctx, pass, &mut plans, launches);
     plans
         .par_iter_mut()

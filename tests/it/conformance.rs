@@ -3,7 +3,10 @@
 
 use crate::support::{shared_file, Schema, TestDb};
 
-fn columns(db: &TestDb) -> Vec<(String, String, String, Option<i32>, String, Option<String>)> {
+/// (table, column, data type, length, nullable, default)
+type Column = (String, String, String, Option<i32>, String, Option<String>);
+
+fn columns(db: &TestDb) -> Vec<Column> {
     let mut client = db.client();
     client
         .query(
