@@ -20,12 +20,6 @@ else
   unset DATABASE_URL
   THROWAWAY_PG_PORT=${THROWAWAY_PG_PORT:-54331} start_throwaway_db
 fi
-profile=${PROFILE:-release}
-log "building ($profile)"
-if [ "$profile" = release ]; then
-  cargo build --locked --release --bin cue-scheduler --bin cue-bench
-else
-  cargo build --locked --bin cue-scheduler --bin cue-bench
-fi
+bin_dir=$(build_bins cue-scheduler cue-bench)
 log "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; $(psql "$DATABASE_URL dbname=postgres" -Atc 'show server_version' 2>/dev/null | sed 's/^/PostgreSQL /')"
-"$CARGO_TARGET_DIR/$profile/cue-bench" "$@"
+"$bin_dir/cue-bench" "$@"

@@ -9,11 +9,5 @@ cd "$(dirname "$0")/.."
 
 ensure_build_tools
 ensure_database
-profile=${PROFILE:-release}
-log "building ($profile)"
-if [ "$profile" = release ]; then
-  cargo build --locked --release --bin cue-scheduler --bin cue-demo
-else
-  cargo build --locked --bin cue-scheduler --bin cue-demo
-fi
-"$CARGO_TARGET_DIR/$profile/cue-demo" "$@"
+bin_dir=$(build_bins cue-scheduler cue-demo)
+"$bin_dir/cue-demo" "$@"

@@ -165,16 +165,8 @@ fn threadable_cores(host: &Host, layer: &Layer, policy: &MatchPolicy) -> i64 {
     (layer.mem_min / mem_per_core).max(requested)
 }
 
-/// E-PVM weights (scheduler-behaviour.md §3.7).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Weights {
-    pub cores: f64,
-    pub mem: f64,
-    pub gpus: f64,
-    pub gpu_mem: f64,
-    pub gpu_count_reservation: f64,
-    pub gpu_mem_reservation: f64,
-}
+/// E-PVM weights (scheduler-behaviour.md §3.7): the configuration's own type.
+pub use crate::config::EpvmWeights as Weights;
 
 /// Caps that bound how many more frames of the layer may run: (max, in use) pairs in core
 /// units; a max ≤ 0 is no bound.

@@ -109,14 +109,7 @@ impl Settings {
             }
             HostBookingStrategy::Epvm { max_candidates, weights } => Strategy::Epvm {
                 max_candidates: *max_candidates,
-                weights: crate::matcher::Weights {
-                    cores: weights.cores,
-                    mem: weights.mem,
-                    gpus: weights.gpus,
-                    gpu_mem: weights.gpu_mem,
-                    gpu_count_reservation: weights.gpu_count_reservation,
-                    gpu_mem_reservation: weights.gpu_mem_reservation,
-                },
+                weights: weights.clone(),
             },
         };
         let manual_tags = config

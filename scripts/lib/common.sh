@@ -92,3 +92,17 @@ start_throwaway_db() {
   trap stop_throwaway_db EXIT
   export DATABASE_URL="host=127.0.0.1 port=$port user=postgres"
 }
+
+# Builds the named binaries with the profile in $PROFILE (release unless PROFILE=debug) and
+# prints the directory they are in.
+build_bins() {
+  local profile=${PROFILE:-release} bins=()
+  for bin in "$@"; do bins+=(--bin "$bin"); done
+  log "building ($profile)"
+  if [ "$profile" = release ]; then
+    cargo build --locked --release "${bins[@]}" >&2
+  else
+    cargo build --locked "${bins[@]}" >&2
+  fi
+  echo "$CARGO_TARGET_DIR/$profile"
+}
