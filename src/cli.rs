@@ -25,6 +25,10 @@ pub struct Cli {
     /// book in the database but never call RQD (overrides rqd.dry_run_mode)
     #[argh(switch)]
     pub dry_run: bool,
+    /// on a schema without show.b_scheduler_managed: confirm Cuebot books nothing
+    /// (dispatcher.turn_off_booking=true), so every cluster may be discovered
+    #[argh(switch)]
+    pub cuebot_booking_off: bool,
     /// print version and git revision, then exit
     #[argh(switch)]
     pub version: bool,

@@ -103,7 +103,7 @@ fn load_config(cli: &Cli) -> Result<Config, String> {
 
 fn run(config: &Config, cli: &Cli) -> ExitCode {
     let settings = match Settings::from_config(config) {
-        Ok(settings) => settings,
+        Ok(settings) => Settings { cuebot_booking_off: cli.cuebot_booking_off, ..settings },
         Err(e) => {
             eprintln!("cue-scheduler: {e}");
             return ExitCode::from(2);

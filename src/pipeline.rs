@@ -81,6 +81,15 @@ impl Pipeline {
         let pool = db::pool(&settings.db)?;
         let mut client = db::get(&pool, "start-up")?;
         let managed_mode = db::column_exists(&mut client, "show", "b_scheduler_managed")?;
+        if !managed_mode && !settings.selection.is_explicit() && !settings.cuebot_booking_off {
+            return Err(StartError::Clusters(
+                "this schema has no show.b_scheduler_managed, so Cuebot may still be booking every show: \
+                 name the clusters with --alloc_tags/--manual_tags (and list them in Cuebot's \
+                 dispatcher.exclusion_list), or pass --cuebot-booking-off once Cuebot runs with \
+                 dispatcher.turn_off_booking=true"
+                    .into(),
+            ));
+        }
         let facility_id = match &settings.facility {
             None => None,
             Some(name) => {
@@ -108,7 +117,7 @@ impl Pipeline {
         if managed_mode {
             info!("show.b_scheduler_managed exists: only managed shows are scheduled");
         } else {
-            info!("schema has no show.b_scheduler_managed: Cuebot must not book these clusters (dispatcher.exclusion_list)");
+            log_exclusion_list(&ctx, &clusters);
         }
         for cluster in &clusters {
             info!("cluster {} ({})", cluster, cluster.kind.label());
@@ -210,6 +219,31 @@ impl Pipeline {
             self.ctx.frames_launched.load(Ordering::Relaxed),
             self.ctx.frames_compensated.load(Ordering::Relaxed)
         );
+    }
+}
+
+/// Explicit-cluster mode: the `dispatcher.exclusion_list` value Cuebot needs so it does not
+/// book what this scheduler books (Cuebot's list covers allocation clusters only).
+fn log_exclusion_list(ctx: &Context, clusters: &[Cluster]) {
+    let alloc_ids: Vec<String> = clusters.iter().filter_map(|c| c.alloc_id.clone()).collect();
+    let names: Vec<(String, String)> = db::get(&ctx.pool, "exclusion list")
+        .ok()
+        .and_then(|mut client| {
+            client.query("SELECT pk_alloc::text, str_name::text FROM alloc WHERE pk_alloc = ANY($1)", &[&alloc_ids]).ok()
+        })
+        .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        .unwrap_or_default();
+    let entries: Vec<String> = clusters
+        .iter()
+        .filter_map(|c| {
+            let alloc = c.alloc_id.as_ref()?;
+            let name = names.iter().find(|(id, _)| id == alloc)?;
+            Some(format!("{}:{}", c.show_name, name.1))
+        })
+        .collect();
+    info!("schema has no show.b_scheduler_managed: set Cuebot's dispatcher.exclusion_list={}", entries.join(","));
+    if clusters.iter().any(|c| c.alloc_id.is_none()) {
+        warn!("manual/hostname/hardware clusters cannot be excluded from Cuebot's booking by that list; run Cuebot with dispatcher.turn_off_booking=true");
     }
 }
 

@@ -42,6 +42,9 @@ pub struct Settings {
     /// `None`: no HTTP server (tests that do not need one).
     pub metrics_port: Option<u16>,
     pub shutdown_drain_timeout: Duration,
+    /// Schemas without `show.b_scheduler_managed`: the operator confirms Cuebot books nothing
+    /// (`dispatcher.turn_off_booking=true`), so discovering every cluster is safe.
+    pub cuebot_booking_off: bool,
 }
 
 /// The settings SIGHUP may change while the pipeline runs.
@@ -172,6 +175,7 @@ impl Settings {
             cluster_buffer_size: q.stream.cluster_buffer_size.max(1),
             metrics_port: Some(q.metrics_port),
             shutdown_drain_timeout: Duration::from_millis(crate::limits::SHUTDOWN_DRAIN_TIMEOUT_MS),
+            cuebot_booking_off: false,
         })
     }
 }

@@ -206,3 +206,25 @@ fn unmanaged_shows_are_left_to_cuebot_and_hostname_tags_form_clusters() {
         4
     );
 }
+
+/// A schema without show.b_scheduler_managed (pre-V45 Cuebot): discovering every cluster is
+/// refused unless the operator names clusters or confirms Cuebot books nothing.
+#[test]
+fn explicit_cluster_mode_refuses_to_discover_everything() {
+    let f = farm("explicit", 28, 100_000, |o, h| vec![host(&h[0], &o.general_alloc, "general", 8, 32)], 1);
+    seed(&f, &job(&f.org, "showa-old", vec![LayerSpec::new("render", "1-2", "general")]));
+    f.db.client().batch_execute("ALTER TABLE show DROP COLUMN b_scheduler_managed").expect("drop column");
+    let rqd = FakeRqd::start(&f.hosts).expect("fake rqd");
+    let refused = Pipeline::start(support::settings(&f.db, rqd.port), Arc::new(Metrics::new()));
+    let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(message.contains("--cuebot-booking-off") && message.contains("dispatcher.exclusion_list"), "{message}");
+    let mut named = support::settings(&f.db, rqd.port);
+    named.selection.alloc_tags = vec![("showa".into(), "general".into())];
+    let pipeline = Pipeline::start(named, Arc::new(Metrics::new())).expect("explicit clusters start");
+    let booked = wait_for(Duration::from_secs(10), || rqd.launch_count() == 2);
+    pipeline.shutdown(Duration::from_secs(5));
+    assert!(booked, "explicit alloc cluster books on the old schema");
+    let mut confirmed = support::settings(&f.db, rqd.port);
+    confirmed.cuebot_booking_off = true;
+    Pipeline::start(confirmed, Arc::new(Metrics::new())).expect("confirmed discovery starts").shutdown(Duration::from_secs(5));
+}

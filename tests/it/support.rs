@@ -118,6 +118,7 @@ pub fn settings(db: &TestDb, rqd_port: u16) -> Settings {
         cluster_buffer_size: 2,
         metrics_port: None,
         shutdown_drain_timeout: Duration::from_secs(5),
+        cuebot_booking_off: false,
     }
 }
 
