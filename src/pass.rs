@@ -320,7 +320,8 @@ fn apply_batch(
             state.frames.retain(|(f, _)| !assignment.planned.iter().any(|p| p.frame_id == f.id) || mine.iter().any(|b| b.frame_id == f.id));
         }
         launched += launch_booked(ctx, pass, state.work, &assignment.host, &mine, &mut state.frames, &mut plan.booked_units, launches);
-        ctx.metrics.checkout_outcome_total.with_label_values(&["booked"]).inc();
+        let outcome = if mine.is_empty() { "no_progress" } else { "booked" };
+        ctx.metrics.checkout_outcome_total.with_label_values(&[outcome]).inc();
     }
     launched
 }
