@@ -66,8 +66,10 @@ fn start_batch_sql() -> String {
     format!(
         "WITH b AS (
            SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[],
-                                $7::bigint[], $8::bigint[], $9::bigint[], $10::text[])
-             AS b(id, expected_version, cores, layer, host_name, host_id, mem, gpus, gpu_mem, job)),
+                                $7::bigint[], $8::bigint[], $9::bigint[], $10::text[],
+                                $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], $18::bigint[], $19::bigint[])
+             AS b(id, expected_version, cores, layer, host_name, host_id, mem, gpus, gpu_mem, job,
+                  host_c, host_m, host_g, host_gm, job_c, job_g)),
          lf AS (SELECT f.pk_frame FROM frame f WHERE f.pk_frame = ANY($1::text[]) AND f.str_state = 'WAITING'
                 ORDER BY f.pk_frame FOR UPDATE SKIP LOCKED),
          ls AS (SELECT pk_layer FROM layer_stat WHERE pk_layer = ANY($4::text[]) AND (SELECT count(*) FROM lf) >= 0
@@ -86,6 +88,14 @@ fn start_batch_sql() -> String {
              AND COALESCE(f.int_version, 0) = b.expected_version
              AND EXISTS (SELECT 1 FROM layer l WHERE l.pk_layer = b.layer
                            AND (l.ts_start_after IS NULL OR l.ts_start_after <= now()) AND {limit_ok})
+             -- Fresh, unlocked looks at the host's room and the job's cap: a host another
+             -- booker filled, or a job another pass capped, since this pass was read keeps its
+             -- frames out of the batch instead of failing the whole batch at the guards.
+             AND EXISTS (SELECT 1 FROM host h WHERE h.pk_host = b.host_id AND h.int_cores_idle >= b.host_c
+                           AND h.int_mem_idle >= b.host_m AND h.int_gpus_idle >= b.host_g
+                           AND h.int_gpu_mem_idle >= b.host_gm)
+             AND EXISTS (SELECT 1 FROM job_resource jr WHERE jr.pk_job = b.job
+                           AND jr.int_cores + b.job_c <= jr.int_max_cores AND jr.int_gpus + b.job_g <= jr.int_max_gpus)
            RETURNING f.pk_frame, f.int_version::bigint AS version, b.*),
          procs AS (
            INSERT INTO proc (pk_proc, pk_host, pk_show, pk_layer, pk_job, pk_frame, int_cores_reserved,
@@ -475,13 +485,23 @@ fn book_batch_once(client: &mut Client, statements: &Statements, batch: &Batch) 
     let nums = |get: fn(&BatchFrame) -> i64| f.iter().map(get).collect::<Vec<i64>>();
     let jobs = sums_by(f, |x| x.job_id.as_str());
     let job_keys: Vec<&str> = jobs.iter().map(|j| j.0).collect();
+    // Per frame: the planned totals of its host and of its job, for the start statement's
+    // fresh room checks.
+    let host_sums = sums_by(f, |x| x.host_id.as_str());
+    let total = |sums: &Vec<(&str, [i64; 4])>, key: &str, i: usize| sums.iter().find(|s| s.0 == key).map_or(0, |s| s.1[i]);
+    let per_frame = |sums: &Vec<(&str, [i64; 4])>, key: fn(&BatchFrame) -> &str, i: usize| {
+        f.iter().map(|x| total(sums, key(x), i)).collect::<Vec<i64>>()
+    };
     let mut txn = client.transaction().map_err(DbError::query("begin batch booking"))?;
     let rows = txn
         .query(
             &statements.start_batch,
             &[&strs(|x| &x.frame_id), &nums(|x| i64::from(x.version)), &nums(|x| x.cores), &strs(|x| &x.layer_id),
               &strs(|x| &x.host_name), &strs(|x| &x.host_id), &nums(|x| x.mem), &nums(|x| x.gpus), &nums(|x| x.gpu_mem),
-              &strs(|x| &x.job_id), &batch.show_id, &batch.mem_used_initial, &job_keys],
+              &strs(|x| &x.job_id), &batch.show_id, &batch.mem_used_initial, &job_keys,
+              &per_frame(&host_sums, frame_host, 0), &per_frame(&host_sums, frame_host, 1),
+              &per_frame(&host_sums, frame_host, 2), &per_frame(&host_sums, frame_host, 3),
+              &per_frame(&jobs, frame_job, 0), &per_frame(&jobs, frame_job, 2)],
         )
         .map_err(DbError::query(CTX))?;
     if rows.is_empty() {
@@ -543,6 +563,14 @@ fn book_batch_once(client: &mut Client, statements: &Statements, batch: &Batch) 
         })
         .collect();
     Ok(BatchOutcome::Booked { frames: booked, hosts: idle, db_time })
+}
+
+fn frame_host(frame: &BatchFrame) -> &str {
+    &frame.host_id
+}
+
+fn frame_job(frame: &BatchFrame) -> &str {
+    &frame.job_id
 }
 
 /// Per-key sums of (cores, mem, gpus, gpu_mem), keys sorted (a fixed lock order for hosts).
