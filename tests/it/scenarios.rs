@@ -228,3 +228,40 @@ fn explicit_cluster_mode_refuses_to_discover_everything() {
     confirmed.cuebot_booking_off = true;
     Pipeline::start(confirmed, Arc::new(Metrics::new())).expect("confirmed discovery starts").shutdown(Duration::from_secs(5));
 }
+
+/// The wake probe: with every sleep and scan interval at a minute, a job submitted while its
+/// cluster sleeps on "no work" is still dispatched within seconds, and a cluster sleeping as
+/// saturated wakes when a finished frame frees its host.
+#[test]
+fn new_work_and_freed_capacity_wake_sleeping_clusters() {
+    let f = farm("wake", 29, 100_000, |o, h| vec![host(&h[0], &o.general_alloc, "general", 1, 16)], 1);
+    let rqd = FakeRqd::start(&f.hosts).expect("fake rqd");
+    let mut settings = support::settings(&f.db, rqd.port);
+    settings.cluster_empty_sleep = Duration::from_secs(60);
+    settings.cluster_saturated_sleep = Duration::from_secs(60);
+    settings.active_scan_interval = Duration::from_secs(60);
+    settings.monitoring_interval = Duration::from_secs(60);
+    let pipeline = Pipeline::start(settings, Arc::new(Metrics::new())).expect("start");
+    std::thread::sleep(Duration::from_millis(500)); // the only cluster has found nothing: asleep
+    seed(&f, &job(&f.org, "showa-late", vec![LayerSpec::new("render", "1-2", "general")]));
+    let first = wait_for(Duration::from_secs(10), || rqd.launch_count() == 1);
+    std::thread::sleep(Duration::from_millis(500)); // one core: the second frame waits, cluster asleep
+    let before_release = rqd.launch_count();
+    let launched = rqd.launches();
+    let done = &launched[0].run_frame;
+    let mut client = f.db.client();
+    let released = cue_scheduler::sim::cuebot::complete_frame(
+        &mut client,
+        done.get_frame_id(),
+        done.get_resource_id(),
+        cue_scheduler::sim::cuebot::Completion { exit_status: 0, run_secs: 1, max_rss_kib: 0 },
+    )
+    .expect("complete");
+    let second = wait_for(Duration::from_secs(10), || rqd.launch_count() == 2);
+    pipeline.shutdown(Duration::from_secs(5));
+    assert!(first, "a new job is dispatched although its cluster sleeps for a minute");
+    assert_eq!(before_release, 1, "no room for the second frame before the release");
+    assert_eq!(released, cue_scheduler::sim::cuebot::Released::Frame { state: "SUCCEEDED".into() });
+    assert!(second, "the freed core is used although the cluster sleeps as saturated");
+    assert_eq!(f.db.violations(), Vec::<String>::new());
+}
