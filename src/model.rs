@@ -46,16 +46,6 @@ impl ClusterKind {
             _ => None,
         }
     }
-
-    /// Probe order of host groups (§3.7): specific pools before the general allocation.
-    pub fn probe_rank(self) -> u8 {
-        match self {
-            ClusterKind::Manual => 0,
-            ClusterKind::Hostname => 1,
-            ClusterKind::Hardware => 2,
-            ClusterKind::Alloc => 3,
-        }
-    }
 }
 
 /// A slice of the farm worked on as a unit: (facility, show, tags of one kind).
