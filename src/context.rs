@@ -51,7 +51,7 @@ impl Context {
         let rqd = RqdClient::new(settings.rqd_port, settings.rqd_timeout);
         let bookers = ArrayQueue::new(settings.matcher_threads + settings.dispatch_threads + 2);
         Context {
-            tunables: RwLock::new(settings.tunables()),
+            tunables: RwLock::new(settings.tunables.clone()),
             reload_clusters: AtomicBool::new(false),
             settings,
             metrics,

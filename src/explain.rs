@@ -579,7 +579,7 @@ fn read_clusters(client: &mut Client, job: &JobRow, tags: &[String], settings: &
 /// A cluster, marked excluded when this configuration's ignore_tags or explicit selection
 /// leaves it out (the facility is checked once for the job).
 fn cluster_info(tag: String, kind: ClusterKind, job: &JobInfo, settings: &Settings) -> ClusterInfo {
-    let selection = &settings.selection;
+    let selection = &settings.tunables.selection;
     let selected = match kind {
         _ if !selection.is_explicit() => true,
         ClusterKind::Alloc => selection.alloc_tags.iter().any(|(show, t)| *show == job.show && *t == tag),

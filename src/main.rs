@@ -173,7 +173,7 @@ fn reload(current: &Config, cli: &Cli, pipeline: &Pipeline) -> Option<Config> {
         logging::set_level(logging::level_from_filter(&new.logging.level));
         info!("SIGHUP: logging.level {} -> {}", current.logging.level, new.logging.level);
     }
-    let changes = pipeline.ctx.apply_tunables(settings.tunables());
+    let changes = pipeline.ctx.apply_tunables(settings.tunables);
     for change in &changes {
         info!("SIGHUP: {change}");
     }

@@ -81,7 +81,7 @@ impl Pipeline {
         let pool = db::pool(&settings.db)?;
         let mut client = db::get(&pool, "start-up")?;
         let managed_mode = db::column_exists(&mut client, "show", "b_scheduler_managed")?;
-        if !managed_mode && !settings.selection.is_explicit() && !settings.cuebot_booking_off {
+        if !managed_mode && !settings.tunables.selection.is_explicit() && !settings.cuebot_booking_off {
             return Err(StartError::Clusters(
                 "this schema has no show.b_scheduler_managed, so Cuebot may still be booking every show: \
                  name the clusters with --alloc_tags/--manual_tags (and list them in Cuebot's \

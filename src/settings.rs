@@ -11,7 +11,8 @@ use std::time::Duration;
 pub struct Settings {
     pub db: DbSettings,
     pub facility: Option<String>,
-    pub selection: Selection,
+    /// The reloadable part; the running copy lives in the context (SIGHUP replaces it).
+    pub tunables: Tunables,
     pub frames_per_layer: usize,
     pub jobs_per_pass: usize,
     pub attempts_per_layer: usize,
@@ -25,13 +26,6 @@ pub struct Settings {
     pub hard_memory_multiplier: f64,
     pub mem_reserved_min_kib: i64,
     pub update_stat_on_book: bool,
-    pub cluster_empty_sleep: Duration,
-    pub cluster_saturated_sleep: Duration,
-    pub cluster_reload_interval: Duration,
-    pub active_scan_interval: Duration,
-    pub monitoring_interval: Duration,
-    pub clean_up_interval: Duration,
-    pub monitor_interval: Duration,
     pub empty_job_cycles_before_quitting: Option<u64>,
     pub dry_run: bool,
     pub rqd_port: u16,
@@ -86,19 +80,6 @@ impl Tunables {
 }
 
 impl Settings {
-    pub fn tunables(&self) -> Tunables {
-        Tunables {
-            selection: self.selection.clone(),
-            cluster_empty_sleep: self.cluster_empty_sleep,
-            cluster_saturated_sleep: self.cluster_saturated_sleep,
-            cluster_reload_interval: self.cluster_reload_interval,
-            active_scan_interval: self.active_scan_interval,
-            monitoring_interval: self.monitoring_interval,
-            clean_up_interval: self.clean_up_interval,
-            monitor_interval: self.monitor_interval,
-        }
-    }
-
     /// Derives the pipeline's settings from a loaded configuration (CLI overrides already
     /// applied to it). Fails on a manual-tag entry that is not `tag` or `show:tag`.
     pub fn from_config(config: &crate::config::Config) -> Result<Settings, String> {
@@ -133,12 +114,21 @@ impl Settings {
                 connect_timeout: Duration::from_secs(10),
             },
             facility: config.scheduler.facility.clone(),
-            selection: Selection {
-                alloc_tags: config.scheduler.alloc_tags.iter().map(|t| (t.show.clone(), t.tag.clone())).collect(),
-                manual_tags,
-                ignore_tags: config.scheduler.ignore_tags.clone(),
-                manual_tags_chunk_size: q.manual_tags_chunk_size,
-                hostname_tags_chunk_size: q.hostname_tags_chunk_size,
+            tunables: Tunables {
+                selection: Selection {
+                    alloc_tags: config.scheduler.alloc_tags.iter().map(|t| (t.show.clone(), t.tag.clone())).collect(),
+                    manual_tags,
+                    ignore_tags: config.scheduler.ignore_tags.clone(),
+                    manual_tags_chunk_size: q.manual_tags_chunk_size,
+                    hostname_tags_chunk_size: q.hostname_tags_chunk_size,
+                },
+                cluster_empty_sleep: q.cluster_empty_sleep,
+                cluster_saturated_sleep: q.cluster_saturated_sleep,
+                cluster_reload_interval: q.cluster_reload_interval,
+                active_scan_interval: q.active_scan_interval,
+                monitoring_interval: hc.monitoring_interval,
+                clean_up_interval: hc.clean_up_interval,
+                monitor_interval: q.monitor_interval,
             },
             frames_per_layer: q.dispatch_frames_per_layer_limit.min(crate::limits::FRAMES_PER_LAYER_MAX),
             jobs_per_pass: q.max_jobs_per_cluster_pass,
@@ -159,13 +149,6 @@ impl Settings {
             hard_memory_multiplier: q.frame_memory_hard_limit,
             mem_reserved_min_kib: q.mem_reserved_min_kib,
             update_stat_on_book: hc.update_stat_on_book,
-            cluster_empty_sleep: q.cluster_empty_sleep,
-            cluster_saturated_sleep: q.cluster_saturated_sleep,
-            cluster_reload_interval: q.cluster_reload_interval,
-            active_scan_interval: q.active_scan_interval,
-            monitoring_interval: hc.monitoring_interval,
-            clean_up_interval: hc.clean_up_interval,
-            monitor_interval: q.monitor_interval,
             empty_job_cycles_before_quitting: q.empty_job_cycles_before_quitting,
             dry_run: config.rqd.dry_run_mode,
             rqd_port: config.rqd.grpc_port,

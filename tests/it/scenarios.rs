@@ -151,7 +151,7 @@ fn manual_tag_reaches_only_tagged_hosts_and_ignore_tags_is_obeyed() {
         ]
     }, 3);
     seed(&f, &job(&f.org, "showa-fx", vec![LayerSpec::new("fx", "1-4", "fx"), LayerSpec::new("old", "1-2", "retired")]));
-    let (launches, _) = run(&f, |s| s.selection.ignore_tags = vec!["retired".into()]);
+    let (launches, _) = run(&f, |s| s.tunables.selection.ignore_tags = vec!["retired".into()]);
     assert_eq!(launches.len(), 4, "{launches:?}");
     assert!(launches.iter().all(|l| l.1 == f.hosts[0] && l.0.ends_with("-fx")), "{launches:?}");
 }
@@ -219,7 +219,7 @@ fn explicit_cluster_mode_refuses_to_discover_everything() {
     let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(message.contains("--cuebot-booking-off") && message.contains("dispatcher.exclusion_list"), "{message}");
     let mut named = support::settings(&f.db, rqd.port);
-    named.selection.alloc_tags = vec![("showa".into(), "general".into())];
+    named.tunables.selection.alloc_tags = vec![("showa".into(), "general".into())];
     let pipeline = Pipeline::start(named, Arc::new(Metrics::new())).expect("explicit clusters start");
     let booked = wait_for(Duration::from_secs(10), || rqd.launch_count() == 2);
     pipeline.shutdown(Duration::from_secs(5));
@@ -237,10 +237,10 @@ fn new_work_and_freed_capacity_wake_sleeping_clusters() {
     let f = farm("wake", 29, 100_000, |o, h| vec![host(&h[0], &o.general_alloc, "general", 1, 16)], 1);
     let rqd = FakeRqd::start(&f.hosts).expect("fake rqd");
     let mut settings = support::settings(&f.db, rqd.port);
-    settings.cluster_empty_sleep = Duration::from_secs(60);
-    settings.cluster_saturated_sleep = Duration::from_secs(60);
-    settings.active_scan_interval = Duration::from_secs(60);
-    settings.monitoring_interval = Duration::from_secs(60);
+    settings.tunables.cluster_empty_sleep = Duration::from_secs(60);
+    settings.tunables.cluster_saturated_sleep = Duration::from_secs(60);
+    settings.tunables.active_scan_interval = Duration::from_secs(60);
+    settings.tunables.monitoring_interval = Duration::from_secs(60);
     let pipeline = Pipeline::start(settings, Arc::new(Metrics::new())).expect("start");
     std::thread::sleep(Duration::from_millis(500)); // the only cluster has found nothing: asleep
     seed(&f, &job(&f.org, "showa-late", vec![LayerSpec::new("render", "1-2", "general")]));

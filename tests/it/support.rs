@@ -5,7 +5,7 @@ use cue_scheduler::clusters::Selection;
 use cue_scheduler::db::DbSettings;
 use cue_scheduler::host_cache::{CacheSettings, Strategy};
 use cue_scheduler::matcher::MatchPolicy;
-use cue_scheduler::settings::Settings;
+use cue_scheduler::settings::{Settings, Tunables};
 use cue_scheduler::sim::farm::{self, Farm, HostSpec, JobSpec, LayerSpec, Server};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -85,7 +85,16 @@ pub fn settings(db: &TestDb, rqd_port: u16) -> Settings {
     Settings {
         db: db.db_settings(),
         facility: Some("lax".into()),
-        selection: Selection { manual_tags_chunk_size: 50, hostname_tags_chunk_size: 50, ..Selection::default() },
+        tunables: Tunables {
+            selection: Selection { manual_tags_chunk_size: 50, hostname_tags_chunk_size: 50, ..Selection::default() },
+            cluster_empty_sleep: Duration::from_millis(200),
+            cluster_saturated_sleep: Duration::from_millis(200),
+            cluster_reload_interval: Duration::from_secs(120),
+            active_scan_interval: Duration::from_millis(200),
+            monitoring_interval: Duration::from_millis(500),
+            clean_up_interval: Duration::from_secs(300),
+            monitor_interval: Duration::from_secs(60),
+        },
         frames_per_layer: 20,
         jobs_per_pass: 20,
         attempts_per_layer: 10,
@@ -102,13 +111,6 @@ pub fn settings(db: &TestDb, rqd_port: u16) -> Settings {
         hard_memory_multiplier: 2.0,
         mem_reserved_min_kib: 256_000,
         update_stat_on_book: false,
-        cluster_empty_sleep: Duration::from_millis(200),
-        cluster_saturated_sleep: Duration::from_millis(200),
-        cluster_reload_interval: Duration::from_secs(120),
-        active_scan_interval: Duration::from_millis(200),
-        monitoring_interval: Duration::from_millis(500),
-        clean_up_interval: Duration::from_secs(300),
-        monitor_interval: Duration::from_secs(60),
         empty_job_cycles_before_quitting: None,
         dry_run: false,
         rqd_port,
