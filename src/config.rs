@@ -259,6 +259,9 @@ pub struct AccountingConfig {
     pub recompute_interval: Duration,
     pub limit_reseed_interval: Duration,
     pub managed_shows_ttl: Duration,
+    /// How long the accounting listener gathers notifications before it reconciles the rows
+    /// they name (one reconcile per window, not one per release).
+    pub coalesce_window: Duration,
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -387,6 +390,7 @@ impl Default for AccountingConfig {
             recompute_interval: Duration::from_secs(15),
             limit_reseed_interval: Duration::from_secs(300),
             managed_shows_ttl: Duration::from_secs(30),
+            coalesce_window: Duration::from_millis(50),
         }
     }
 }
@@ -568,6 +572,7 @@ const ACCOUNTING_KEYS: &[&str] = &[
     "recompute_interval",
     "limit_reseed_interval",
     "managed_shows_ttl",
+    "coalesce_window",
 ];
 
 /// Every section and its keys; used to suggest keys that live in another section.
@@ -1405,6 +1410,7 @@ fn build(root: &Value, ctx: &Ctx, warnings: &mut Vec<String>) -> Result<Config, 
         recompute_interval: dur("recompute_interval", da.recompute_interval)?,
         limit_reseed_interval: dur("limit_reseed_interval", da.limit_reseed_interval)?,
         managed_shows_ttl: dur("managed_shows_ttl", da.managed_shows_ttl)?,
+        coalesce_window: dur("coalesce_window", da.coalesce_window)?,
     };
 
     Ok(Config {
@@ -1832,6 +1838,7 @@ impl Config {
         positive("accounting.recompute_interval", a.recompute_interval)?;
         positive("accounting.limit_reseed_interval", a.limit_reseed_interval)?;
         positive("accounting.managed_shows_ttl", a.managed_shows_ttl)?;
+        positive("accounting.coalesce_window", a.coalesce_window)?;
         Ok(())
     }
 }

@@ -43,6 +43,10 @@ pub struct Context {
     pub frames_booked: AtomicU64,
     pub frames_launched: AtomicU64,
     pub frames_compensated: AtomicU64,
+    /// Shows whose clusters should wake now (a release was reconciled or a cap raised); the
+    /// fetcher drains it. `wake_everything` asks for all clusters.
+    wake_requests: Mutex<HashSet<String>>,
+    wake_everything: AtomicBool,
 }
 
 impl Context {
@@ -69,6 +73,8 @@ impl Context {
             frames_booked: AtomicU64::new(0),
             frames_launched: AtomicU64::new(0),
             frames_compensated: AtomicU64::new(0),
+            wake_requests: Mutex::new(HashSet::new()),
+            wake_everything: AtomicBool::new(false),
         }
     }
 
@@ -140,6 +146,33 @@ impl Context {
     /// Capacity appeared somewhere: every backed-off job may try again.
     pub fn wake_backed_off_jobs(&self) {
         self.job_backoff.lock().clear();
+    }
+
+    /// Asks the fetcher to wake the clusters of `shows` (bounded: past
+    /// `limits::WAKE_REQUESTS_MAX` shows it wakes everything instead).
+    pub fn wake_shows(&self, shows: impl IntoIterator<Item = String>) {
+        let mut set = self.wake_requests.lock();
+        set.extend(shows);
+        if set.len() > limits::WAKE_REQUESTS_MAX {
+            set.clear();
+            self.wake_everything.store(true, Ordering::SeqCst);
+        }
+        self.wake_backed_off_jobs();
+    }
+
+    pub fn wake_all(&self) {
+        self.wake_everything.store(true, Ordering::SeqCst);
+        self.wake_backed_off_jobs();
+    }
+
+    /// What the fetcher should wake: `None` for everything.
+    pub fn take_wake_requests(&self) -> Option<HashSet<String>> {
+        let set = std::mem::take(&mut *self.wake_requests.lock());
+        if self.wake_everything.swap(false, Ordering::SeqCst) {
+            None
+        } else {
+            Some(set)
+        }
     }
 
     pub fn count_error(&self, module: &str) {

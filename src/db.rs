@@ -105,6 +105,14 @@ pub fn connect(settings: &DbSettings, context: &'static str) -> Result<Client, D
         .map_err(|e| DbError::Connect { context, message: format!("{} ({})", e, settings.display) })
 }
 
+/// A dedicated connection with its own `application_name`, so operators (and tests) can find it
+/// in `pg_stat_activity`.
+pub fn connect_as(settings: &DbSettings, context: &'static str, application_name: &str) -> Result<Client, DbError> {
+    let mut config = pg_config(settings)?;
+    config.application_name(application_name);
+    config.connect(NoTls).map_err(|e| DbError::Connect { context, message: format!("{} ({})", e, settings.display) })
+}
+
 pub fn pool(settings: &DbSettings) -> Result<Pool, DbError> {
     let manager = PostgresConnectionManager::new(pg_config(settings)?, NoTls);
     r2d2::Pool::builder()

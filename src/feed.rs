@@ -248,6 +248,7 @@ impl<'a> Feed<'a> {
             self.last_scan = now;
             self.awake_scan();
         }
+        self.apply_wake_requests();
         if now.duration_since(self.last_heartbeat) >= settings.monitor_interval {
             self.last_heartbeat = now;
             self.heartbeat();
@@ -334,6 +335,20 @@ impl<'a> Feed<'a> {
     }
 
     /// Capacity grew: clusters sleeping because nothing fitted, and backed-off jobs, try again.
+    /// Wakes the clusters of shows the accounting thread named (a release reconciled, a cap
+    /// raised): their work may fit now, whatever they were sleeping for.
+    fn apply_wake_requests(&mut self) {
+        let requests = self.ctx.take_wake_requests();
+        if requests.as_ref().is_some_and(|set| set.is_empty()) {
+            return;
+        }
+        for slot in &mut self.slots {
+            if requests.as_ref().is_none_or(|set| set.contains(&slot.cluster.show_id)) {
+                slot.wake_at = None;
+            }
+        }
+    }
+
     fn wake_saturated(&mut self) {
         for slot in &mut self.slots {
             if matches!(slot.wake_at, Some((_, SleepReason::Saturated))) {

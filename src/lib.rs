@@ -8,6 +8,7 @@ pub mod protos {
 
 #[macro_use]
 pub mod logging;
+pub mod accounting;
 pub mod booking;
 pub mod clusters;
 pub mod db;

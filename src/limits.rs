@@ -60,3 +60,36 @@ pub const SHUTDOWN_POLL_MS: u64 = 50;
 
 /// Fitting hosts `explain` lists per layer.
 pub const EXPLAIN_HOSTS_SHOWN_MAX: usize = 5;
+
+/// Largest `acct_release`/`acct_limit_change` payload parsed; Cuebot's are under 300 bytes and
+/// anything larger is not Cuebot's.
+pub const NOTIFY_PAYLOAD_BYTES_MAX: usize = 1_024;
+
+/// Longest id accepted from a notification (Cuebot's ids are varchar(36)).
+pub const ID_LENGTH_MAX: usize = 64;
+
+/// Notifications gathered into one reconcile at most; more wait for the next one.
+pub const ACCOUNTING_BATCH_NOTICES_MAX: usize = 5_000;
+
+/// Announced releases remembered per rollup row, to tell them from drift; an announcement
+/// that no reconcile used within this time is forgotten.
+pub const ACCOUNTING_CREDIT_TTL_MS: u64 = 5_000;
+
+/// Rollup rows with announcements remembered; beyond it the oldest are dropped (drift may then be
+/// over-reported, never hidden).
+pub const ACCOUNTING_CREDITS_MAX: usize = 200_000;
+
+/// First and longest pause before retrying rows another transaction held, or a lost connection.
+pub const ACCOUNTING_RETRY_MIN_MS: u64 = 10;
+pub const ACCOUNTING_RETRY_MAX_MS: u64 = 2_000;
+
+/// Rounds a full reconcile spends on rows other transactions hold before leaving them to the
+/// next reconcile.
+pub const ACCOUNTING_FULL_ROUNDS_MAX: usize = 5;
+
+/// How long Cuebot caches a show's `b_scheduler_managed` (its ShowDaoJdbc cache): a show that
+/// stopped being managed may still be released through the managed path for this long.
+pub const CUEBOT_MANAGED_FLAG_CACHE_SECS: u64 = 30;
+
+/// Shows queued for an immediate wake-up before the request becomes "wake every cluster".
+pub const WAKE_REQUESTS_MAX: usize = 10_000;

@@ -50,6 +50,27 @@ pub fn enabled(level: Level) -> bool {
     level as u8 <= LEVEL.load(Ordering::Relaxed)
 }
 
+/// Makes text from outside (job, layer, frame and host names, payloads) safe to put in a log
+/// line: control characters (newline, CR, ESC, other C0 and C1) and backslashes become escapes,
+/// so a name cannot forge a line or colour a terminal.
+pub fn escape(text: &str) -> String {
+    if !text.chars().any(|c| c.is_control() || c == '\\') {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Sends log lines to `path` (appending) instead of stderr.
 pub fn log_to_file(path: &str) -> std::io::Result<()> {
     let file = OpenOptions::new().create(true).append(true).open(path)?;

@@ -34,6 +34,13 @@ pub struct Metrics {
     pub compensations_total: IntCounter,
     pub errors_total: IntCounterVec,
     pub host_attempts_total: IntCounter,
+    pub recompute_cycle_duration_seconds: Histogram,
+    pub accounting_listener_up: IntGauge,
+    pub accounting_notifications_total: IntCounterVec,
+    pub accounting_reconciled_rows_total: IntCounterVec,
+    pub accounting_full_reconciles_total: IntCounterVec,
+    pub accounting_reconcile_lag_seconds: Histogram,
+    pub accounting_drift_corrected_total: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -103,6 +110,13 @@ impl Metrics {
             compensations_total: counter(&r, "scheduler_compensations_total", "Bookings undone after a failed or abandoned launch (addition)"),
             errors_total: counter_vec(&r, "scheduler_errors_total", "Operating errors by module (addition)", &["module"]),
             host_attempts_total: counter(&r, "scheduler_host_attempts_total", "Host attempts made by the matcher (addition)"),
+            recompute_cycle_duration_seconds: histogram(&r, "scheduler_recompute_cycle_duration_seconds", "Duration of each full accounting reconcile", &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0]),
+            accounting_listener_up: gauge(&r, "scheduler_accounting_listener_up", "1 while the acct_release/acct_limit_change listener is connected (addition)"),
+            accounting_notifications_total: counter_vec(&r, "scheduler_accounting_notifications_total", "Accounting notifications received, by channel; bad = unusable payload (addition)", &["channel"]),
+            accounting_reconciled_rows_total: counter_vec(&r, "scheduler_accounting_reconciled_rows_total", "Rollup rows locked and set to SUM(proc), by table (addition)", &["table"]),
+            accounting_full_reconciles_total: counter_vec(&r, "scheduler_accounting_full_reconciles_total", "Reconciles of every managed show, by reason (addition)", &["reason"]),
+            accounting_reconcile_lag_seconds: histogram(&r, "scheduler_accounting_reconcile_lag_seconds", "From hearing an acct_release to the commit of the reconcile that covered it (addition)", &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            accounting_drift_corrected_total: counter_vec(&r, "scheduler_accounting_drift_corrected_total", "Corrections no notification explained, in core units or GPUs, by table (addition)", &["table", "unit"]),
             registry: r,
         }
     }

@@ -183,6 +183,10 @@ impl Pipeline {
         self.fetcher = Some(spawn("job-fetcher".into(), move || {
             Feed::new(&feed_ctx, facility_id, clusters).run(pass_tx, done_rx);
         })?);
+        if ctx.managed_mode {
+            let accounting_ctx = Arc::clone(ctx);
+            self.background.push(spawn("accounting".into(), move || crate::accounting::run(&accounting_ctx))?);
+        }
         let refresh_ctx = Arc::clone(ctx);
         self.background.push(spawn("cache-refresh".into(), move || run_cache_refresh(&refresh_ctx))?);
         if let Some(server) = http_server {

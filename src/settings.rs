@@ -39,6 +39,8 @@ pub struct Settings {
     /// Schemas without `show.b_scheduler_managed`: the operator confirms Cuebot books nothing
     /// (`dispatcher.turn_off_booking=true`), so discovering every cluster is safe.
     pub cuebot_booking_off: bool,
+    /// Reconcile of scheduler-managed shows' rollups (src/accounting.rs).
+    pub accounting: crate::config::AccountingConfig,
 }
 
 /// The settings SIGHUP may change while the pipeline runs.
@@ -159,6 +161,7 @@ impl Settings {
             metrics_port: Some(q.metrics_port),
             shutdown_drain_timeout: Duration::from_millis(crate::limits::SHUTDOWN_DRAIN_TIMEOUT_MS),
             cuebot_booking_off: false,
+            accounting: config.accounting.clone(),
         })
     }
 }
@@ -180,9 +183,9 @@ pub fn inert_key_warnings(config: &crate::config::Config) -> Vec<String> {
         "subscription headroom is checked in the booking transaction, not from a cache",
     );
     check(
-        config.accounting != d.accounting,
-        "accounting.*",
-        "there is no recompute loop: the rollups are updated in the booking transaction",
+        config.accounting.limit_reseed_interval != d.accounting.limit_reseed_interval,
+        "accounting.limit_reseed_interval",
+        "caps are read in the booking transaction, never from a cache",
     );
     check(
         config.host_cache.concurrent_groups != d.host_cache.concurrent_groups

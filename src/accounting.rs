@@ -1,0 +1,1038 @@
+//! Exact accounting for scheduler-managed shows.
+//!
+//! The scheduler books managed shows with Cuebot's own writes: the booking transaction inserts
+//! the procs and increments the five rollups (subscription, layer_resource, job_resource,
+//! folder_resource, point). Who takes them back down depends on the Cuebot that releases the
+//! proc (DECISIONS #6): (a) Dec-2025 and (d) post-#2533 Cuebots decrement them themselves;
+//! (b) a mid-2026 Cuebot writes nothing and sends `acct_release`; (c) the same Cuebot with
+//! notifications off writes nothing and says nothing. One code path serves all four: a
+//! *reconcile* sets a rollup row to `SUM(proc)` of what it covers. It is exact, idempotent and
+//! harmless when applied twice or next to a Cuebot that decrements too, so it needs no mode.
+//!
+//! When it runs: for the rows an `acct_release` names (gathered over
+//! `accounting.coalesce_window`), for every managed show at start-up and after every reconnect
+//! of the listener (releases nobody heard), and every `accounting.recompute_interval` (mode (c),
+//! which no database signal tells apart from a quiet farm). A full reconcile first finds the
+//! rows that differ from `SUM(proc)` in one read-only snapshot, then reconciles only those.
+//!
+//! # Why a concurrent booking or release cannot be lost
+//!
+//! Every writer of these rows — our bookings and compensations, Cuebot's bookings, Cuebot's
+//! releases in modes (a) and (d), and the job-move triggers — changes `proc` (or `job`) first
+//! and then adds a *delta* to the rollup row (`x = x ± c`), in one READ COMMITTED transaction.
+//! A delta UPDATE that waited for a row lock is re-evaluated on the newest row version, so
+//! it lands on whatever value the row holds when it gets the lock.
+//!
+//! A reconcile is one transaction of two statements:
+//!
+//! 1. `SELECT … FOR UPDATE SKIP LOCKED` on the rollup rows. A row another transaction holds is
+//!    skipped and retried in the next round, so a reconcile never waits for a lock and can never
+//!    be part of a deadlock or stall Cuebot. Every row it does lock had no uncommitted writer:
+//!    any transaction that already added its delta to that row has committed.
+//! 2. `UPDATE … SET int_cores = SUM(proc)`. Under READ COMMITTED this statement takes a new
+//!    snapshot, after statement 1 returned. A writer W that touches a locked row R:
+//!    - committed before statement 2's snapshot: its proc change is in the sum; its delta, if it
+//!      made one, is overwritten by the same truth.
+//!    - not committed by then: it cannot have added its delta to R yet (we held R without
+//!      waiting), so its proc change is *not* in the sum, and its delta waits for our lock and
+//!      then lands on our value. Value = sum without W + W's delta = the truth after W. If W
+//!      rolls back, neither its proc change nor its delta ever happens.
+//!
+//! The same argument covers Cuebot's (a)/(d) decrements racing a full reconcile: the DELETE of
+//! the proc precedes the decrement. A subquery in a single UPDATE would not do: after a lock
+//! wait PostgreSQL re-checks the target row but evaluates the `proc` subquery in the old
+//! snapshot, so a booking that committed during the wait would be lost.
+//!
+//! Caps: a reconcile that raises a row above its cap (an admin lowered the cap below what runs)
+//! would trip Cuebot's guard triggers, so it moves the cap aside in the same UPDATE and puts it
+//! back in a third statement of the same transaction; nobody sees the moved cap.
+
+use crate::context::Context;
+use crate::db::{self, DbError, DbSettings};
+use crate::limits;
+use crate::logging::escape;
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::Client;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+/// The five rollup tables, in the order every writer locks them.
+pub const TABLES: [&str; 5] = ["subscription", "layer_resource", "job_resource", "folder_resource", "point"];
+
+const CHANNEL_RELEASE: &str = "acct_release";
+const CHANNEL_LIMIT: &str = "acct_limit_change";
+
+/// Rollup rows to reconcile, each table's keys sorted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Keys {
+    /// (pk_show, pk_alloc)
+    pub subs: BTreeSet<(String, String)>,
+    pub layers: BTreeSet<String>,
+    pub jobs: BTreeSet<String>,
+    pub folders: BTreeSet<String>,
+    /// (pk_show, pk_dept)
+    pub points: BTreeSet<(String, String)>,
+}
+
+impl Keys {
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn len(&self) -> usize {
+        self.subs.len() + self.layers.len() + self.jobs.len() + self.folders.len() + self.points.len()
+    }
+
+    pub fn extend(&mut self, other: Keys) {
+        self.subs.extend(other.subs);
+        self.layers.extend(other.layers);
+        self.jobs.extend(other.jobs);
+        self.folders.extend(other.folders);
+        self.points.extend(other.points);
+    }
+
+    fn add_release(&mut self, r: &Release) {
+        self.subs.insert((r.show.clone(), r.alloc.clone()));
+        self.layers.insert(r.layer.clone());
+        self.jobs.insert(r.job.clone());
+        self.folders.insert(r.folder.clone());
+        self.points.insert((r.show.clone(), r.dept.clone()));
+    }
+}
+
+/// One `acct_release` payload: what Cuebot released without writing the rollups.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Release {
+    pub show: String,
+    pub alloc: String,
+    pub folder: String,
+    pub job: String,
+    pub layer: String,
+    pub dept: String,
+    /// Whole cores, negative (Cuebot divides core units by 100, truncating).
+    pub cores: i64,
+    pub gpus: i64,
+}
+
+/// What an `acct_limit_change` names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LimitChange {
+    Subscription { show: String },
+    Folder { id: String },
+    Job { id: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    Release(Release),
+    Limit(LimitChange),
+    /// A payload we cannot use; answered with a full reconcile.
+    Bad(String),
+}
+
+/// Parses a flat JSON object of string and integer values, as Cuebot's notifier writes them.
+/// Anything else (nesting, escapes, duplicate keys, over `limits::NOTIFY_PAYLOAD_BYTES_MAX`)
+/// is refused: anyone who can connect can NOTIFY.
+fn parse_flat_json(text: &str) -> Result<HashMap<String, Value>, String> {
+    if text.len() > limits::NOTIFY_PAYLOAD_BYTES_MAX {
+        return Err(format!("payload of {} bytes", text.len()));
+    }
+    let body = text.trim().strip_prefix('{').and_then(|t| t.strip_suffix('}')).ok_or("not a JSON object")?;
+    let mut out = HashMap::new();
+    let mut rest = body.trim();
+    while !rest.is_empty() {
+        let (key, after) = string_token(rest)?;
+        let after = after.trim_start().strip_prefix(':').ok_or("expected ':'")?.trim_start();
+        let (value, after) = if after.starts_with('"') {
+            let (s, a) = string_token(after)?;
+            (Value::Text(s), a)
+        } else {
+            let end = after.find(|c: char| c != '-' && !c.is_ascii_digit()).unwrap_or(after.len());
+            let number = after[..end].parse::<i64>().map_err(|_| format!("bad value for {key}"))?;
+            (Value::Int(number), &after[end..])
+        };
+        if out.insert(key.clone(), value).is_some() {
+            return Err(format!("duplicate key {key}"));
+        }
+        rest = after.trim_start();
+        if let Some(r) = rest.strip_prefix(',') {
+            rest = r.trim_start();
+        } else if !rest.is_empty() {
+            return Err("expected ','".into());
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Value {
+    Text(String),
+    Int(i64),
+}
+
+fn string_token(text: &str) -> Result<(String, &str), String> {
+    let inner = text.strip_prefix('"').ok_or("expected a string")?;
+    let end = inner.find('"').ok_or("unterminated string")?;
+    let s = &inner[..end];
+    if s.contains('\\') {
+        return Err("escaped strings are not expected".into());
+    }
+    Ok((s.to_string(), &inner[end + 1..]))
+}
+
+/// Ids are opaque strings; we only insist they look like ids (no control characters, bounded).
+fn id(fields: &HashMap<String, Value>, key: &str) -> Result<String, String> {
+    match fields.get(key) {
+        Some(Value::Text(s)) if !s.is_empty() && s.len() <= limits::ID_LENGTH_MAX && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') => {
+            Ok(s.clone())
+        }
+        Some(_) => Err(format!("bad {key}")),
+        None => Err(format!("no {key}")),
+    }
+}
+
+fn int(fields: &HashMap<String, Value>, key: &str) -> Result<i64, String> {
+    match fields.get(key) {
+        Some(Value::Int(n)) => Ok(*n),
+        _ => Err(format!("no integer {key}")),
+    }
+}
+
+pub fn parse_notice(channel: &str, payload: &str) -> Notice {
+    let parsed = parse_flat_json(payload).and_then(|f| match channel {
+        CHANNEL_RELEASE => Ok(Notice::Release(Release {
+            show: id(&f, "show")?,
+            alloc: id(&f, "alloc")?,
+            folder: id(&f, "folder")?,
+            job: id(&f, "job")?,
+            layer: id(&f, "layer")?,
+            dept: id(&f, "dept")?,
+            cores: int(&f, "cores")?,
+            gpus: int(&f, "gpus")?,
+        })),
+        CHANNEL_LIMIT => match f.get("vertex") {
+            Some(Value::Text(v)) if v == "sub" => Ok(Notice::Limit(LimitChange::Subscription { show: id(&f, "show")? })),
+            Some(Value::Text(v)) if v == "folder" => Ok(Notice::Limit(LimitChange::Folder { id: id(&f, "id")? })),
+            Some(Value::Text(v)) if v == "job" => Ok(Notice::Limit(LimitChange::Job { id: id(&f, "id")? })),
+            _ => Err("unknown vertex".into()),
+        },
+        other => Err(format!("unexpected channel {other}")),
+    });
+    parsed.unwrap_or_else(|e| Notice::Bad(format!("{channel}: {e}: {}", escape(&truncate(payload, 200)))))
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    text.chars().take(max).collect()
+}
+
+/// One row a reconcile changed: (table, key, core units before → after, GPUs before → after).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Correction {
+    pub table: &'static str,
+    pub key: String,
+    pub show: String,
+    pub cores: (i64, i64),
+    pub gpus: (i64, i64),
+}
+
+#[derive(Debug, Default)]
+pub struct Reconciled {
+    pub corrections: Vec<Correction>,
+    /// Rows locked and checked, per table (in `TABLES` order).
+    pub rows: [u64; 5],
+    /// Rows another transaction held: try again.
+    pub skipped: Keys,
+}
+
+fn pairs(set: &BTreeSet<(String, String)>) -> (Vec<&str>, Vec<&str>) {
+    set.iter().map(|(a, b)| (a.as_str(), b.as_str())).unzip()
+}
+
+fn list(set: &BTreeSet<String>) -> Vec<&str> {
+    set.iter().map(String::as_str).collect()
+}
+
+/// Statement 1: lock what is free, read the caps as they stand.
+const LOCK_SQL: &str = "
+    WITH s AS (SELECT 'subscription'::text AS t, x.pk_show::text AS k1, x.pk_alloc::text AS k2, x.pk_show::text AS show,
+                      x.int_burst::bigint AS cap1, 0::bigint AS cap2
+               FROM subscription x JOIN unnest($1::text[], $2::text[]) AS k(show, alloc)
+                 ON x.pk_show = k.show AND x.pk_alloc = k.alloc
+               ORDER BY x.pk_subscription FOR UPDATE OF x SKIP LOCKED),
+         l AS (SELECT 'layer_resource'::text, x.pk_layer::text, ''::text, j.pk_show::text, 0::bigint, 0::bigint
+               FROM layer_resource x JOIN job j ON j.pk_job = x.pk_job WHERE x.pk_layer = ANY($3)
+               ORDER BY x.pk_layer FOR UPDATE OF x SKIP LOCKED),
+         j AS (SELECT 'job_resource'::text, x.pk_job::text, ''::text, j.pk_show::text,
+                      x.int_max_cores::bigint, x.int_max_gpus::bigint
+               FROM job_resource x JOIN job j ON j.pk_job = x.pk_job WHERE x.pk_job = ANY($4)
+               ORDER BY x.pk_job FOR UPDATE OF x SKIP LOCKED),
+         f AS (SELECT 'folder_resource'::text, x.pk_folder::text, ''::text, fo.pk_show::text, 0::bigint, 0::bigint
+               FROM folder_resource x JOIN folder fo ON fo.pk_folder = x.pk_folder WHERE x.pk_folder = ANY($5)
+               ORDER BY x.pk_folder FOR UPDATE OF x SKIP LOCKED),
+         p AS (SELECT 'point'::text, x.pk_show::text, x.pk_dept::text, x.pk_show::text, 0::bigint, 0::bigint
+               FROM point x JOIN unnest($6::text[], $7::text[]) AS k(show, dept) ON x.pk_show = k.show AND x.pk_dept = k.dept
+               ORDER BY x.pk_point FOR UPDATE OF x SKIP LOCKED)
+    SELECT * FROM s UNION ALL SELECT * FROM l UNION ALL SELECT * FROM j UNION ALL SELECT * FROM f UNION ALL SELECT * FROM p";
+
+/// Statement 2, in a snapshot taken after statement 1: each locked row set to SUM(proc) (the
+/// sums invariants.sql checks: non-local procs, except layer_resource which counts all), only
+/// where it differs; caps that would trip a guard trigger moved aside (`# 1` flips the lowest bit,
+/// so the value changes and the trigger's "cap unchanged" condition is false) for statement 3.
+const SET_SQL: &str = "
+    WITH ks AS (SELECT * FROM unnest($1::text[], $2::text[]) AS k(show, alloc)),
+    ss AS (SELECT ks.show, ks.alloc, COALESCE(sum(p.int_cores_reserved), 0)::bigint AS c, COALESCE(sum(p.int_gpus_reserved), 0)::bigint AS g
+           FROM ks LEFT JOIN (proc p JOIN host h ON h.pk_host = p.pk_host AND NOT p.b_local)
+                ON p.pk_show = ks.show AND h.pk_alloc = ks.alloc GROUP BY ks.show, ks.alloc),
+    us AS (UPDATE subscription x SET int_cores = ss.c, int_gpus = ss.g,
+                  int_burst = CASE WHEN ss.c > x.int_cores AND ss.c > x.int_burst THEN x.int_burst # 1 ELSE x.int_burst END
+           FROM ss WHERE x.pk_show = ss.show AND x.pk_alloc = ss.alloc AND (x.int_cores <> ss.c OR x.int_gpus <> ss.g)
+           RETURNING 'subscription'::text AS t, x.pk_show::text AS k1, x.pk_alloc::text AS k2, ss.c, ss.g),
+    ls AS (SELECT k.id, COALESCE(sum(p.int_cores_reserved), 0)::bigint AS c, COALESCE(sum(p.int_gpus_reserved), 0)::bigint AS g
+           FROM unnest($3::text[]) AS k(id) LEFT JOIN proc p ON p.pk_layer = k.id GROUP BY k.id),
+    ul AS (UPDATE layer_resource x SET int_cores = ls.c, int_gpus = ls.g
+           FROM ls WHERE x.pk_layer = ls.id AND (x.int_cores <> ls.c OR x.int_gpus <> ls.g)
+           RETURNING 'layer_resource'::text, x.pk_layer::text, ''::text, ls.c, ls.g),
+    js AS (SELECT k.id, COALESCE(sum(p.int_cores_reserved), 0)::bigint AS c, COALESCE(sum(p.int_gpus_reserved), 0)::bigint AS g
+           FROM unnest($4::text[]) AS k(id) LEFT JOIN proc p ON p.pk_job = k.id AND NOT p.b_local GROUP BY k.id),
+    uj AS (UPDATE job_resource x SET int_cores = js.c, int_gpus = js.g,
+                  int_max_cores = CASE WHEN (js.c > x.int_cores OR js.g > x.int_gpus)
+                                        AND (js.c > x.int_max_cores OR js.g > x.int_max_gpus) THEN x.int_max_cores # 1 ELSE x.int_max_cores END,
+                  int_max_gpus = CASE WHEN (js.c > x.int_cores OR js.g > x.int_gpus)
+                                       AND (js.c > x.int_max_cores OR js.g > x.int_max_gpus) THEN x.int_max_gpus # 1 ELSE x.int_max_gpus END
+           FROM js WHERE x.pk_job = js.id AND (x.int_cores <> js.c OR x.int_gpus <> js.g)
+           RETURNING 'job_resource'::text, x.pk_job::text, ''::text, js.c, js.g),
+    fs AS (SELECT k.id, COALESCE(sum(p.int_cores_reserved), 0)::bigint AS c, COALESCE(sum(p.int_gpus_reserved), 0)::bigint AS g
+           FROM unnest($5::text[]) AS k(id) LEFT JOIN (proc p JOIN job j ON j.pk_job = p.pk_job AND NOT p.b_local)
+                ON j.pk_folder = k.id GROUP BY k.id),
+    uf AS (UPDATE folder_resource x SET int_cores = fs.c, int_gpus = fs.g
+           FROM fs WHERE x.pk_folder = fs.id AND (x.int_cores <> fs.c OR x.int_gpus <> fs.g)
+           RETURNING 'folder_resource'::text, x.pk_folder::text, ''::text, fs.c, fs.g),
+    kp AS (SELECT * FROM unnest($6::text[], $7::text[]) AS k(show, dept)),
+    ps AS (SELECT kp.show, kp.dept, COALESCE(sum(p.int_cores_reserved), 0)::bigint AS c, COALESCE(sum(p.int_gpus_reserved), 0)::bigint AS g
+           FROM kp LEFT JOIN (proc p JOIN job j ON j.pk_job = p.pk_job AND NOT p.b_local)
+                ON j.pk_show = kp.show AND j.pk_dept = kp.dept GROUP BY kp.show, kp.dept),
+    up AS (UPDATE point x SET int_cores = ps.c, int_gpus = ps.g
+           FROM ps WHERE x.pk_show = ps.show AND x.pk_dept = ps.dept AND (x.int_cores <> ps.c OR x.int_gpus <> ps.g)
+           RETURNING 'point'::text, x.pk_show::text, x.pk_dept::text, ps.c, ps.g)
+    SELECT * FROM us UNION ALL SELECT * FROM ul UNION ALL SELECT * FROM uj UNION ALL SELECT * FROM uf UNION ALL SELECT * FROM up";
+
+/// Statement 3: caps moved aside by statement 2 go back to what statement 1 read.
+const RESTORE_CAPS_SQL: &str = "
+    WITH s AS (UPDATE subscription x SET int_burst = k.cap FROM unnest($1::text[], $2::text[], $3::bigint[]) AS k(show, alloc, cap)
+               WHERE x.pk_show = k.show AND x.pk_alloc = k.alloc RETURNING 1),
+         j AS (UPDATE job_resource x SET int_max_cores = k.c, int_max_gpus = k.g
+               FROM unnest($4::text[], $5::bigint[], $6::bigint[]) AS k(id, c, g) WHERE x.pk_job = k.id RETURNING 1)
+    SELECT (SELECT count(*) FROM s) + (SELECT count(*) FROM j)";
+
+/// Old values of the rows statement 1 locked, to report corrections.
+const READ_OLD_SQL: &str = "
+    SELECT 'subscription'::text, pk_show::text, pk_alloc::text, int_cores::bigint, int_gpus::bigint FROM subscription
+      WHERE (pk_show, pk_alloc) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+    UNION ALL SELECT 'layer_resource', pk_layer::text, '', int_cores::bigint, int_gpus::bigint FROM layer_resource WHERE pk_layer = ANY($3)
+    UNION ALL SELECT 'job_resource', pk_job::text, '', int_cores::bigint, int_gpus::bigint FROM job_resource WHERE pk_job = ANY($4)
+    UNION ALL SELECT 'folder_resource', pk_folder::text, '', int_cores::bigint, int_gpus::bigint FROM folder_resource WHERE pk_folder = ANY($5)
+    UNION ALL SELECT 'point', pk_show::text, pk_dept::text, int_cores::bigint, int_gpus::bigint FROM point
+      WHERE (pk_show, pk_dept) IN (SELECT * FROM unnest($6::text[], $7::text[]))";
+
+fn table_index(table: &str) -> Option<usize> {
+    TABLES.iter().position(|t| *t == table)
+}
+
+/// Sets the rollup rows `keys` name to `SUM(proc)`, locking only rows nobody holds. Rows that
+/// do not exist are ignored; rows held by another transaction come back in `skipped`.
+pub fn reconcile(client: &mut Client, keys: &Keys) -> Result<Reconciled, DbError> {
+    const CTX: &str = "reconcile rollups";
+    let mut out = Reconciled::default();
+    if keys.is_empty() {
+        return Ok(out);
+    }
+    let (sub_shows, sub_allocs) = pairs(&keys.subs);
+    let (pt_shows, pt_depts) = pairs(&keys.points);
+    let (layers, jobs, folders) = (list(&keys.layers), list(&keys.jobs), list(&keys.folders));
+    let mut txn = client.transaction().map_err(DbError::query("begin reconcile"))?;
+    txn.batch_execute("SET LOCAL lock_timeout = '2s'").map_err(DbError::query(CTX))?;
+    let locked = txn
+        .query(LOCK_SQL, &[&sub_shows, &sub_allocs, &layers, &jobs, &folders, &pt_shows, &pt_depts])
+        .map_err(DbError::query("lock rollup rows"))?;
+    let mut got = Keys::default();
+    // (table, k1, k2) -> (show, cap1, cap2)
+    let mut caps: BTreeMap<(String, String, String), (String, i64, i64)> = BTreeMap::new();
+    for row in &locked {
+        let (t, k1, k2, show): (String, String, String, String) = (row.get(0), row.get(1), row.get(2), row.get(3));
+        let (cap1, cap2): (i64, i64) = (row.get(4), row.get(5));
+        match t.as_str() {
+            "subscription" => got.subs.insert((k1.clone(), k2.clone())),
+            "layer_resource" => got.layers.insert(k1.clone()),
+            "job_resource" => got.jobs.insert(k1.clone()),
+            "folder_resource" => got.folders.insert(k1.clone()),
+            _ => got.points.insert((k1.clone(), k2.clone())),
+        };
+        if let Some(i) = table_index(&t) {
+            out.rows[i] += 1;
+        }
+        caps.insert((t, k1, k2), (show, cap1, cap2));
+    }
+    out.skipped = Keys {
+        subs: keys.subs.difference(&got.subs).cloned().collect(),
+        layers: keys.layers.difference(&got.layers).cloned().collect(),
+        jobs: keys.jobs.difference(&got.jobs).cloned().collect(),
+        folders: keys.folders.difference(&got.folders).cloned().collect(),
+        points: keys.points.difference(&got.points).cloned().collect(),
+    };
+    // Rows that do not exist are neither locked nor worth a retry.
+    let existing = existing_keys(&mut txn, &out.skipped)?;
+    out.skipped = existing;
+    if got.is_empty() {
+        txn.rollback().map_err(DbError::query("roll back reconcile"))?;
+        return Ok(out);
+    }
+    let (sub_shows, sub_allocs) = pairs(&got.subs);
+    let (pt_shows, pt_depts) = pairs(&got.points);
+    let (layers, jobs, folders) = (list(&got.layers), list(&got.jobs), list(&got.folders));
+    let params: [&(dyn postgres::types::ToSql + Sync); 7] = [&sub_shows, &sub_allocs, &layers, &jobs, &folders, &pt_shows, &pt_depts];
+    let old: HashMap<(String, String, String), (i64, i64)> = txn
+        .query(READ_OLD_SQL, &params)
+        .map_err(DbError::query("read rollups"))?
+        .iter()
+        .map(|r| ((r.get(0), r.get(1), r.get(2)), (r.get(3), r.get(4))))
+        .collect();
+    let set = txn.query(SET_SQL, &params).map_err(DbError::query("set rollups to SUM(proc)"))?;
+    let mut restore_subs: (Vec<String>, Vec<String>, Vec<i64>) = Default::default();
+    let mut restore_jobs: (Vec<String>, Vec<i64>, Vec<i64>) = Default::default();
+    for row in &set {
+        let (t, k1, k2, c, g): (String, String, String, i64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        let key = (t.clone(), k1.clone(), k2.clone());
+        let (old_c, old_g) = old.get(&key).copied().unwrap_or((c, g));
+        let Some((show, cap1, cap2)) = caps.get(&key).cloned() else { continue };
+        match t.as_str() {
+            "subscription" => {
+                restore_subs.0.push(k1.clone());
+                restore_subs.1.push(k2.clone());
+                restore_subs.2.push(cap1);
+            }
+            "job_resource" => {
+                restore_jobs.0.push(k1.clone());
+                restore_jobs.1.push(cap1);
+                restore_jobs.2.push(cap2);
+            }
+            _ => {}
+        }
+        let Some(i) = table_index(&t) else { continue };
+        let key_text = if k2.is_empty() { k1 } else { format!("{k1}/{k2}") };
+        out.corrections.push(Correction { table: TABLES[i], key: key_text, show, cores: (old_c, c), gpus: (old_g, g) });
+    }
+    if !restore_subs.0.is_empty() || !restore_jobs.0.is_empty() {
+        // Writing the cap read in statement 1 back is a no-op for rows statement 2 left alone.
+        txn.query_one(
+            RESTORE_CAPS_SQL,
+            &[&restore_subs.0, &restore_subs.1, &restore_subs.2, &restore_jobs.0, &restore_jobs.1, &restore_jobs.2],
+        )
+        .map_err(DbError::query("restore caps"))?;
+    }
+    txn.commit().map_err(DbError::query("commit reconcile"))?;
+    Ok(out)
+}
+
+fn existing_keys(txn: &mut postgres::Transaction, keys: &Keys) -> Result<Keys, DbError> {
+    if keys.is_empty() {
+        return Ok(Keys::default());
+    }
+    let (sub_shows, sub_allocs) = pairs(&keys.subs);
+    let (pt_shows, pt_depts) = pairs(&keys.points);
+    let (layers, jobs, folders) = (list(&keys.layers), list(&keys.jobs), list(&keys.folders));
+    let rows = txn
+        .query(READ_OLD_SQL, &[&sub_shows, &sub_allocs, &layers, &jobs, &folders, &pt_shows, &pt_depts])
+        .map_err(DbError::query("find held rollup rows"))?;
+    let mut out = Keys::default();
+    for row in &rows {
+        let (t, k1, k2): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+        match t.as_str() {
+            "subscription" => out.subs.insert((k1, k2)),
+            "layer_resource" => out.layers.insert(k1),
+            "job_resource" => out.jobs.insert(k1),
+            "folder_resource" => out.folders.insert(k1),
+            _ => out.points.insert((k1, k2)),
+        };
+    }
+    Ok(out)
+}
+
+/// The rollup rows of `shows` that differ from `SUM(proc)`, read in one snapshot without
+/// locks. Candidates: every subscription, folder and point of the shows, and the layers and
+/// jobs of their unfinished jobs plus any that hold procs.
+const DRIFT_SQL: &str = "
+    WITH pr AS (SELECT p.pk_show, p.pk_layer, p.pk_job, p.b_local, p.int_cores_reserved AS c, p.int_gpus_reserved AS g,
+                       h.pk_alloc, j.pk_folder, j.pk_dept
+                FROM proc p JOIN host h ON h.pk_host = p.pk_host JOIN job j ON j.pk_job = p.pk_job
+                WHERE p.pk_show = ANY($1)),
+    live AS (SELECT pk_job FROM job WHERE pk_show = ANY($1) AND str_state <> 'FINISHED'
+             UNION SELECT pk_job FROM pr),
+    s AS (SELECT pk_show, pk_alloc, sum(c) c, sum(g) g FROM pr WHERE NOT b_local GROUP BY 1, 2),
+    l AS (SELECT pk_layer, sum(c) c, sum(g) g FROM pr GROUP BY 1),
+    j AS (SELECT pk_job, sum(c) c, sum(g) g FROM pr WHERE NOT b_local GROUP BY 1),
+    f AS (SELECT pk_folder, sum(c) c, sum(g) g FROM pr WHERE NOT b_local GROUP BY 1),
+    pt AS (SELECT pk_show, pk_dept, sum(c) c, sum(g) g FROM pr WHERE NOT b_local GROUP BY 1, 2)
+    SELECT 'subscription'::text, x.pk_show::text, x.pk_alloc::text FROM subscription x
+      LEFT JOIN s ON s.pk_show = x.pk_show AND s.pk_alloc = x.pk_alloc
+      WHERE x.pk_show = ANY($1) AND (x.int_cores <> COALESCE(s.c, 0) OR x.int_gpus <> COALESCE(s.g, 0))
+    UNION ALL
+    SELECT 'layer_resource', x.pk_layer::text, '' FROM layer_resource x JOIN live USING (pk_job) LEFT JOIN l USING (pk_layer)
+      WHERE x.int_cores <> COALESCE(l.c, 0) OR x.int_gpus <> COALESCE(l.g, 0)
+    UNION ALL
+    SELECT 'job_resource', x.pk_job::text, '' FROM job_resource x JOIN live USING (pk_job) LEFT JOIN j USING (pk_job)
+      WHERE x.int_cores <> COALESCE(j.c, 0) OR x.int_gpus <> COALESCE(j.g, 0)
+    UNION ALL
+    SELECT 'folder_resource', x.pk_folder::text, '' FROM folder_resource x JOIN folder fo USING (pk_folder) LEFT JOIN f USING (pk_folder)
+      WHERE fo.pk_show = ANY($1) AND (x.int_cores <> COALESCE(f.c, 0) OR x.int_gpus <> COALESCE(f.g, 0))
+    UNION ALL
+    SELECT 'point', x.pk_show::text, x.pk_dept::text FROM point x LEFT JOIN pt ON pt.pk_show = x.pk_show AND pt.pk_dept = x.pk_dept
+      WHERE x.pk_show = ANY($1) AND (x.int_cores <> COALESCE(pt.c, 0) OR x.int_gpus <> COALESCE(pt.g, 0))";
+
+pub fn drift_keys(client: &mut Client, shows: &[String]) -> Result<Keys, DbError> {
+    let mut keys = Keys::default();
+    if shows.is_empty() {
+        return Ok(keys);
+    }
+    let rows = client.query(DRIFT_SQL, &[&shows]).map_err(DbError::query("find drifted rollups"))?;
+    for row in &rows {
+        let (t, k1, k2): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+        match t.as_str() {
+            "subscription" => keys.subs.insert((k1, k2)),
+            "layer_resource" => keys.layers.insert(k1),
+            "job_resource" => keys.jobs.insert(k1),
+            "folder_resource" => keys.folders.insert(k1),
+            _ => keys.points.insert((k1, k2)),
+        };
+    }
+    Ok(keys)
+}
+
+/// Why a full reconcile ran (label of `scheduler_accounting_full_reconciles_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FullReason {
+    Startup,
+    Reconnect,
+    Periodic,
+    BadPayload,
+}
+
+impl FullReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            FullReason::Startup => "startup",
+            FullReason::Reconnect => "reconnect",
+            FullReason::Periodic => "periodic",
+            FullReason::BadPayload => "bad_payload",
+        }
+    }
+}
+
+/// What notifications announced per rollup row, so a reconcile can tell an announced release
+/// from drift nobody explained. Entries expire after `limits::ACCOUNTING_CREDIT_TTL_MS`.
+#[derive(Default)]
+struct Credits {
+    /// (table, key) -> (announced core units, announced GPUs, releases, when last announced)
+    map: HashMap<(&'static str, String), (i64, i64, i64, Instant)>,
+}
+
+impl Credits {
+    fn announce(&mut self, r: &Release) {
+        let now = Instant::now();
+        let keys = [
+            ("subscription", format!("{}/{}", r.show, r.alloc)),
+            ("layer_resource", r.layer.clone()),
+            ("job_resource", r.job.clone()),
+            ("folder_resource", r.folder.clone()),
+            ("point", format!("{}/{}", r.show, r.dept)),
+        ];
+        for key in keys {
+            let e = self.map.entry(key).or_insert((0, 0, 0, now));
+            e.0 = e.0.saturating_add(r.cores.saturating_mul(100));
+            e.1 = e.1.saturating_add(r.gpus);
+            e.2 += 1;
+            e.3 = now;
+        }
+        if self.map.len() > limits::ACCOUNTING_CREDITS_MAX {
+            self.expire(Duration::ZERO);
+        }
+    }
+
+    /// The part of a correction (negative: a release) no announcement covers, in core units
+    /// and GPUs; the covered part is used up. Cuebot announces whole cores, truncated, so each
+    /// release may hide up to 99 core units.
+    fn unexplained(&mut self, c: &Correction) -> (i64, i64) {
+        let dc = c.cores.1 - c.cores.0;
+        let dg = c.gpus.1 - c.gpus.0;
+        let Some(e) = self.map.get_mut(&(c.table, c.key.clone())) else {
+            return (dc.abs(), dg.abs());
+        };
+        let slack = 99 * e.2;
+        // Announced releases are negative; a correction within [announced - slack, 0] is explained.
+        let core_drift = if dc <= 0 && dc >= e.0 - slack { 0 } else if dc < 0 { (e.0 - slack - dc).max(0) } else { dc };
+        let gpu_drift = if dg <= 0 && dg >= e.1 { 0 } else if dg < 0 { e.1 - dg } else { dg };
+        e.0 = (e.0 - dc).min(0);
+        e.1 = (e.1 - dg).min(0);
+        (core_drift.abs(), gpu_drift.abs())
+    }
+
+    fn expire(&mut self, ttl: Duration) {
+        self.map.retain(|_, e| e.3.elapsed() < ttl);
+    }
+}
+
+/// The accounting thread: listens, coalesces, reconciles. Runs until the pipeline stops.
+pub fn run(ctx: &Context) {
+    let mut worker = Worker::new(ctx);
+    worker.run();
+}
+
+struct Worker<'a> {
+    ctx: &'a Context,
+    listener: Option<Client>,
+    reconciler: Option<Client>,
+    ever_connected: bool,
+    lost_logged: bool,
+    pending: Keys,
+    /// When each pending row's release was heard (for the lag histogram).
+    heard: Vec<Instant>,
+    full_due: Option<FullReason>,
+    last_full: Instant,
+    credits: Credits,
+    /// Shows managed now, and when each show was last seen managed.
+    managed_seen: HashMap<String, Instant>,
+    last_managed_read: Option<Instant>,
+    retry_pause: Duration,
+}
+
+impl<'a> Worker<'a> {
+    fn new(ctx: &'a Context) -> Worker<'a> {
+        Worker {
+            ctx,
+            listener: None,
+            reconciler: None,
+            ever_connected: false,
+            lost_logged: false,
+            pending: Keys::default(),
+            heard: Vec::new(),
+            full_due: None,
+            last_full: Instant::now(),
+            credits: Credits::default(),
+            managed_seen: HashMap::new(),
+            last_managed_read: None,
+            retry_pause: Duration::from_millis(limits::ACCOUNTING_RETRY_MIN_MS),
+        }
+    }
+
+    fn settings(&self) -> crate::config::AccountingConfig {
+        self.ctx.settings.accounting.clone()
+    }
+
+    fn run(&mut self) {
+        while !self.ctx.stopping() {
+            if self.listener.as_ref().is_none_or(|c| c.is_closed()) && !self.connect_listener() {
+                self.sleep_until_retry();
+                continue;
+            }
+            let settings = self.settings();
+            if self.full_due.is_none() && self.last_full.elapsed() >= settings.recompute_interval {
+                self.full_due = Some(FullReason::Periodic);
+            }
+            if let Some(reason) = self.full_due {
+                match self.full_reconcile(reason) {
+                    Ok(()) => self.full_due = None,
+                    Err(e) => {
+                        self.ctx.count_error("accounting");
+                        warn!("accounting: full reconcile ({}) failed, will retry: {e}", reason.label());
+                        self.reconciler = None;
+                        self.sleep_until_retry();
+                        continue;
+                    }
+                }
+            }
+            self.gather(&settings);
+            self.reconcile_pending();
+            self.credits.expire(Duration::from_millis(limits::ACCOUNTING_CREDIT_TTL_MS));
+        }
+    }
+
+    fn sleep_until_retry(&mut self) {
+        let pause = self.retry_pause;
+        let deadline = Instant::now() + pause;
+        while !self.ctx.stopping() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(limits::SHUTDOWN_POLL_MS).min(pause));
+        }
+        self.retry_pause = (pause * 2).min(Duration::from_millis(limits::ACCOUNTING_RETRY_MAX_MS));
+    }
+
+    fn connect_listener(&mut self) -> bool {
+        let settings: &DbSettings = &self.ctx.settings.db;
+        let result = db::connect_as(settings, "accounting listener", "cue-scheduler accounting listener").and_then(|mut c| {
+            c.batch_execute(&format!("LISTEN {CHANNEL_RELEASE}; LISTEN {CHANNEL_LIMIT}"))
+                .map_err(DbError::query("LISTEN"))?;
+            Ok(c)
+        });
+        match result {
+            Ok(client) => {
+                self.listener = Some(client);
+                self.ctx.metrics.accounting_listener_up.set(1);
+                self.retry_pause = Duration::from_millis(limits::ACCOUNTING_RETRY_MIN_MS);
+                // Releases made while nobody listened are found by a full reconcile, which runs
+                // after LISTEN so nothing falls between the two.
+                let reason = if self.ever_connected { FullReason::Reconnect } else { FullReason::Startup };
+                if self.lost_logged {
+                    info!("accounting: listener reconnected; reconciling every managed show");
+                    self.lost_logged = false;
+                } else if !self.ever_connected {
+                    info!("accounting: listening on {CHANNEL_RELEASE} and {CHANNEL_LIMIT}");
+                }
+                self.ever_connected = true;
+                self.full_due = Some(reason);
+                true
+            }
+            Err(e) => {
+                self.listener_lost(&e.to_string());
+                false
+            }
+        }
+    }
+
+    fn listener_lost(&mut self, why: &str) {
+        self.listener = None;
+        self.ctx.metrics.accounting_listener_up.set(0);
+        if !self.lost_logged {
+            self.ctx.count_error("accounting");
+            warn!("accounting: listener lost ({why}); releases are reconciled after it reconnects");
+            self.lost_logged = true;
+        }
+    }
+
+    fn reconciler(&mut self) -> Result<&mut Client, DbError> {
+        if self.reconciler.as_ref().is_none_or(|c| c.is_closed()) {
+            self.reconciler = Some(db::connect_as(&self.ctx.settings.db, "accounting", "cue-scheduler accounting")?);
+        }
+        self.reconciler.as_mut().ok_or(DbError::Connect { context: "accounting", message: "unavailable".into() })
+    }
+
+    /// Waits for the first notification (up to the poll interval), then gathers for the
+    /// coalescing window.
+    fn gather(&mut self, settings: &crate::config::AccountingConfig) {
+        let poll = if self.pending.is_empty() { Duration::from_millis(limits::SHUTDOWN_POLL_MS) } else { self.retry_pause };
+        let mut deadline = Instant::now() + poll;
+        let mut first = true;
+        let mut notices = Vec::new();
+        loop {
+            let Some(listener) = self.listener.as_mut() else { return };
+            let wait = deadline.saturating_duration_since(Instant::now());
+            let next = {
+                let mut notifications = listener.notifications();
+                let mut iter = notifications.timeout_iter(wait);
+                iter.next()
+            };
+            match next {
+                Ok(Some(n)) => {
+                    notices.push((Instant::now(), parse_notice(n.channel(), n.payload())));
+                    if first {
+                        first = false;
+                        deadline = Instant::now() + settings.coalesce_window;
+                    }
+                    if notices.len() >= limits::ACCOUNTING_BATCH_NOTICES_MAX {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    self.listener_lost(&e.to_string());
+                    break;
+                }
+            }
+        }
+        self.absorb(notices);
+    }
+
+    fn absorb(&mut self, notices: Vec<(Instant, Notice)>) {
+        if notices.is_empty() {
+            return;
+        }
+        let mut wake_shows = BTreeSet::new();
+        let mut limit_jobs = Vec::new();
+        let mut limit_folders = Vec::new();
+        for (heard, notice) in notices {
+            match notice {
+                Notice::Release(r) => {
+                    self.ctx.metrics.accounting_notifications_total.with_label_values(&[CHANNEL_RELEASE]).inc();
+                    self.credits.announce(&r);
+                    self.pending.add_release(&r);
+                    // A job may have moved since Cuebot loaded the proc: its current folder and
+                    // point are looked up in the reconcile.
+                    self.heard.push(heard);
+                }
+                Notice::Limit(change) => {
+                    self.ctx.metrics.accounting_notifications_total.with_label_values(&[CHANNEL_LIMIT]).inc();
+                    match change {
+                        LimitChange::Subscription { show } => {
+                            wake_shows.insert(show);
+                        }
+                        LimitChange::Job { id } => limit_jobs.push(id),
+                        LimitChange::Folder { id } => limit_folders.push(id),
+                    }
+                }
+                Notice::Bad(why) => {
+                    self.ctx.metrics.accounting_notifications_total.with_label_values(&["bad"]).inc();
+                    self.ctx.count_error("accounting");
+                    warn!("accounting: unusable notification ({why}); reconciling every managed show");
+                    self.full_due = Some(FullReason::BadPayload);
+                }
+            }
+        }
+        if !limit_jobs.is_empty() || !limit_folders.is_empty() {
+            let shows = self.reconciler().and_then(|c| {
+                c.query(
+                    "SELECT pk_show::text FROM job WHERE pk_job = ANY($1) UNION SELECT pk_show::text FROM folder WHERE pk_folder = ANY($2)",
+                    &[&limit_jobs, &limit_folders],
+                )
+                .map_err(DbError::query("shows of a cap change"))
+            });
+            match shows {
+                Ok(rows) => wake_shows.extend(rows.iter().map(|r| r.get::<_, String>(0))),
+                Err(e) => {
+                    debug!("accounting: cannot map a cap change to its show ({e}); waking every cluster");
+                    self.ctx.wake_all();
+                }
+            }
+        }
+        if !wake_shows.is_empty() {
+            self.ctx.wake_shows(wake_shows);
+        }
+    }
+
+    fn reconcile_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut keys = std::mem::take(&mut self.pending);
+        let started = Instant::now();
+        // Folders and points where the released jobs live now (a job may have moved since).
+        let jobs: Vec<String> = keys.jobs.iter().cloned().collect();
+        let result = self.reconciler().and_then(|c| {
+            let rows = c
+                .query("SELECT pk_folder::text, pk_show::text, pk_dept::text FROM job WHERE pk_job = ANY($1)", &[&jobs])
+                .map_err(DbError::query("current folders of released jobs"))?;
+            for r in &rows {
+                keys.folders.insert(r.get(0));
+                keys.points.insert((r.get(1), r.get(2)));
+            }
+            reconcile(c, &keys)
+        });
+        match result {
+            Ok(done) => {
+                let now = Instant::now();
+                if done.skipped.is_empty() {
+                    for heard in self.heard.drain(..) {
+                        self.ctx.metrics.accounting_reconcile_lag_seconds.observe(now.duration_since(heard).as_secs_f64());
+                    }
+                    self.retry_pause = Duration::from_millis(limits::ACCOUNTING_RETRY_MIN_MS);
+                } else {
+                    self.retry_pause = (self.retry_pause * 2).min(Duration::from_millis(limits::ACCOUNTING_RETRY_MAX_MS));
+                }
+                self.pending.extend(done.skipped.clone());
+                self.record(&done, None);
+                debug!("accounting: reconciled {} rows in {:?} ({} held elsewhere)", done.rows.iter().sum::<u64>(), started.elapsed(), done.skipped.len());
+            }
+            Err(e) => {
+                self.ctx.count_error("accounting");
+                warn!("accounting: reconcile failed, will retry: {e}");
+                self.reconciler = None;
+                self.pending.extend(keys);
+                self.sleep_until_retry();
+            }
+        }
+    }
+
+    /// Counts rows and drift, wakes the shows whose rollups went down.
+    fn record(&mut self, done: &Reconciled, full: Option<FullReason>) {
+        for (i, table) in TABLES.iter().enumerate() {
+            if done.rows[i] > 0 {
+                self.ctx.metrics.accounting_reconciled_rows_total.with_label_values(&[table]).inc_by(done.rows[i]);
+            }
+        }
+        let mut wake = BTreeSet::new();
+        let mut drift: BTreeMap<&'static str, (i64, i64)> = BTreeMap::new();
+        for c in &done.corrections {
+            if c.cores.1 < c.cores.0 || c.gpus.1 < c.gpus.0 {
+                wake.insert(c.show.clone());
+            }
+            let (dc, dg) = self.credits.unexplained(c);
+            if dc > 0 || dg > 0 {
+                let e = drift.entry(c.table).or_insert((0, 0));
+                e.0 += dc;
+                e.1 += dg;
+                debug!("accounting: drift on {} {}: cores {} -> {}, gpus {} -> {}", c.table, escape(&c.key), c.cores.0, c.cores.1, c.gpus.0, c.gpus.1);
+            }
+        }
+        for (table, (c, g)) in &drift {
+            if *c > 0 {
+                self.ctx.metrics.accounting_drift_corrected_total.with_label_values(&[table, "core_units"]).inc_by(*c as u64);
+            }
+            if *g > 0 {
+                self.ctx.metrics.accounting_drift_corrected_total.with_label_values(&[table, "gpus"]).inc_by(*g as u64);
+            }
+        }
+        if !drift.is_empty() {
+            let summary: Vec<String> = drift.iter().map(|(t, (c, g))| format!("{t} {c} core units, {g} GPUs")).collect();
+            let why = match full {
+                Some(reason) => format!("full reconcile ({})", reason.label()),
+                None => "reconcile of announced releases".into(),
+            };
+            warn!("accounting: {why} corrected drift no notification explained: {}", summary.join("; "));
+        }
+        if !wake.is_empty() {
+            self.ctx.wake_shows(wake);
+        }
+    }
+
+    /// The shows to reconcile in full: managed now, or managed within `managed_shows_ttl`
+    /// (Cuebot may still release them through its managed path while its cache says so).
+    fn shows(&mut self) -> Result<Vec<String>, DbError> {
+        if !self.ctx.managed_mode {
+            return Ok(Vec::new());
+        }
+        let ttl = self.settings().managed_shows_ttl.max(Duration::from_secs(limits::CUEBOT_MANAGED_FLAG_CACHE_SECS));
+        let rows = self
+            .reconciler()?
+            .query("SELECT pk_show::text FROM show WHERE b_scheduler_managed", &[])
+            .map_err(DbError::query("managed shows"))?;
+        let now = Instant::now();
+        for r in &rows {
+            self.managed_seen.insert(r.get(0), now);
+        }
+        self.last_managed_read = Some(now);
+        self.managed_seen.retain(|_, seen| now.duration_since(*seen) < ttl + Duration::from_secs(5));
+        Ok(self.managed_seen.keys().cloned().collect())
+    }
+
+    fn full_reconcile(&mut self, reason: FullReason) -> Result<(), DbError> {
+        let started = Instant::now();
+        let shows = self.shows()?;
+        let keys = {
+            let client = self.reconciler()?;
+            drift_keys(client, &shows)?
+        };
+        let mut total = Reconciled::default();
+        let mut todo = keys;
+        for round in 0..limits::ACCOUNTING_FULL_ROUNDS_MAX {
+            if todo.is_empty() || self.ctx.stopping() {
+                break;
+            }
+            if round > 0 {
+                std::thread::sleep(Duration::from_millis(limits::ACCOUNTING_RETRY_MIN_MS * (round as u64)));
+            }
+            let done = reconcile(self.reconciler()?, &todo)?;
+            for i in 0..5 {
+                total.rows[i] += done.rows[i];
+            }
+            total.corrections.extend(done.corrections);
+            todo = done.skipped;
+        }
+        // Rows still held after the last round wait for the next reconcile.
+        self.pending.extend(todo);
+        self.last_full = Instant::now();
+        self.ctx.metrics.accounting_full_reconciles_total.with_label_values(&[reason.label()]).inc();
+        self.ctx.metrics.recompute_cycle_duration_seconds.observe(started.elapsed().as_secs_f64());
+        self.record(&total, Some(reason));
+        let level_info = reason != FullReason::Periodic || !total.corrections.is_empty();
+        let line = format!(
+            "accounting: full reconcile ({}) of {} shows: {} rows corrected in {:.1} ms",
+            reason.label(),
+            shows.len(),
+            total.corrections.len(),
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+        if level_info {
+            info!("{line}");
+        } else {
+            debug!("{line}");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_cuebot_release_payload() {
+        let p = r#"{"show":"S1","alloc":"A-1","folder":"F","job":"j1","layer":"l1","dept":"D","cores":-2,"gpus":0}"#;
+        let want = Release {
+            show: "S1".into(),
+            alloc: "A-1".into(),
+            folder: "F".into(),
+            job: "j1".into(),
+            layer: "l1".into(),
+            dept: "D".into(),
+            cores: -2,
+            gpus: 0,
+        };
+        assert_eq!(parse_notice("acct_release", p), Notice::Release(want));
+    }
+
+    #[test]
+    fn parses_limit_changes() {
+        assert_eq!(
+            parse_notice("acct_limit_change", r#"{"vertex":"sub","show":"S","alloc":"A","burst":10}"#),
+            Notice::Limit(LimitChange::Subscription { show: "S".into() })
+        );
+        assert_eq!(
+            parse_notice("acct_limit_change", r#"{"vertex":"folder","id":"F","max_cores":-1}"#),
+            Notice::Limit(LimitChange::Folder { id: "F".into() })
+        );
+        assert_eq!(
+            parse_notice("acct_limit_change", r#"{"vertex":"job","id":"J","max_gpus":2}"#),
+            Notice::Limit(LimitChange::Job { id: "J".into() })
+        );
+    }
+
+    #[test]
+    fn hostile_payloads_are_refused_not_trusted() {
+        let bad = [
+            ("acct_release", ""),
+            ("acct_release", "{"),
+            ("acct_release", r#"{"show":"S"}"#),
+            ("acct_release", r#"{"show":"S'; DROP TABLE proc; --","alloc":"A","folder":"F","job":"j","layer":"l","dept":"D","cores":-1,"gpus":0}"#),
+            ("acct_release", r#"{"show":"S","show":"T","alloc":"A","folder":"F","job":"j","layer":"l","dept":"D","cores":-1,"gpus":0}"#),
+            ("acct_release", r#"{"show":"S","alloc":"A","folder":"F","job":"j","layer":"l","dept":"D","cores":"x","gpus":0}"#),
+            ("acct_release", r#"{"show":"S","alloc":"A","folder":"F","job":"j","layer":"l","dept":"D","cores":99999999999999999999,"gpus":0}"#),
+            ("acct_limit_change", r#"{"vertex":"planet","id":"x"}"#),
+            ("other", r#"{}"#),
+        ];
+        for (channel, payload) in bad {
+            assert!(matches!(parse_notice(channel, payload), Notice::Bad(_)), "{channel} {payload}");
+        }
+        let huge = format!("{{\"show\":\"{}\"}}", "a".repeat(10_000));
+        assert!(matches!(parse_notice("acct_release", &huge), Notice::Bad(_)));
+    }
+
+    #[test]
+    fn credits_explain_announced_releases_only() {
+        let mut credits = Credits::default();
+        let r = Release {
+            show: "S".into(),
+            alloc: "A".into(),
+            folder: "F".into(),
+            job: "J".into(),
+            layer: "L".into(),
+            dept: "D".into(),
+            cores: -1, // 150 core units, announced truncated
+            gpus: 0,
+        };
+        credits.announce(&r);
+        let c = |cores: (i64, i64)| Correction { table: "layer_resource", key: "L".into(), show: "S".into(), cores, gpus: (0, 0) };
+        // 150 units released, 100 announced: within the truncation slack.
+        assert_eq!(credits.unexplained(&c((150, 0))), (0, 0));
+        // Nothing announced for another row: all of it is drift.
+        let other = Correction { table: "job_resource", key: "X".into(), show: "S".into(), cores: (300, 100), gpus: (1, 0) };
+        assert_eq!(credits.unexplained(&other), (200, 1));
+        // A correction upward is never explained by a release.
+        assert_eq!(credits.unexplained(&c((0, 100))), (100, 0));
+    }
+}
