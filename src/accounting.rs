@@ -527,56 +527,104 @@ impl FullReason {
     }
 }
 
-/// What notifications announced per rollup row, so a reconcile can tell an announced release
-/// from drift nobody explained. Entries expire after `limits::ACCOUNTING_CREDIT_TTL_MS`.
+/// Per rollup row: what notifications announced and what reconciles corrected, so that drift
+/// no notification explains can be told apart. A notification may arrive just before or just
+/// after the reconcile that covers its release, so a row is judged only once it has been quiet
+/// for `limits::ACCOUNTING_LEDGER_QUIET_MS` (or has been open for
+/// `limits::ACCOUNTING_LEDGER_AGE_MAX_MS`): drift is the part of the corrections the
+/// announcements do not cover. Cuebot announces whole cores, truncated, so each announced
+/// release may hide up to 99 core units.
 #[derive(Default)]
-struct Credits {
-    /// (table, key) -> (announced core units, announced GPUs, releases, when last announced)
-    map: HashMap<(&'static str, String), (i64, i64, i64, Instant)>,
+struct Ledger {
+    map: HashMap<(&'static str, String), Entry>,
 }
 
-impl Credits {
-    fn announce(&mut self, r: &Release) {
-        let now = Instant::now();
-        let keys = [
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    /// Announced change, core units (releases are negative).
+    announced_cores: i64,
+    announced_gpus: i64,
+    releases: i64,
+    /// Corrections made by reconciles.
+    corrected_cores: i64,
+    corrected_gpus: i64,
+    opened: Instant,
+    last: Instant,
+}
+
+impl Entry {
+    fn new(now: Instant) -> Entry {
+        Entry { announced_cores: 0, announced_gpus: 0, releases: 0, corrected_cores: 0, corrected_gpus: 0, opened: now, last: now }
+    }
+
+    /// (core units, GPUs) of correction no announcement covers. Announced releases explain a
+    /// total correction anywhere from nothing (another instance reconciled the row first) down
+    /// to the announced amount less the truncation slack; anything outside that is drift.
+    fn unexplained(&self) -> (i64, i64) {
+        fn outside(corrected: i64, low: i64) -> i64 {
+            if corrected > 0 {
+                corrected
+            } else if corrected < low {
+                low - corrected
+            } else {
+                0
+            }
+        }
+        let low_cores = self.announced_cores.min(0) - 99 * self.releases;
+        (outside(self.corrected_cores, low_cores), outside(self.corrected_gpus, self.announced_gpus.min(0)))
+    }
+}
+
+impl Ledger {
+    fn key_names(r: &Release) -> [(&'static str, String); 5] {
+        [
             ("subscription", format!("{}/{}", r.show, r.alloc)),
             ("layer_resource", r.layer.clone()),
             ("job_resource", r.job.clone()),
             ("folder_resource", r.folder.clone()),
             ("point", format!("{}/{}", r.show, r.dept)),
-        ];
-        for key in keys {
-            let e = self.map.entry(key).or_insert((0, 0, 0, now));
-            e.0 = e.0.saturating_add(r.cores.saturating_mul(100));
-            e.1 = e.1.saturating_add(r.gpus);
-            e.2 += 1;
-            e.3 = now;
-        }
-        if self.map.len() > limits::ACCOUNTING_CREDITS_MAX {
-            self.expire(Duration::ZERO);
+        ]
+    }
+
+    fn announce(&mut self, r: &Release) {
+        let now = Instant::now();
+        for key in Ledger::key_names(r) {
+            let e = self.map.entry(key).or_insert_with(|| Entry::new(now));
+            e.announced_cores = e.announced_cores.saturating_add(r.cores.saturating_mul(100));
+            e.announced_gpus = e.announced_gpus.saturating_add(r.gpus);
+            e.releases += 1;
+            e.last = now;
         }
     }
 
-    /// The part of a correction (negative: a release) no announcement covers, in core units
-    /// and GPUs; the covered part is used up. Cuebot announces whole cores, truncated, so each
-    /// release may hide up to 99 core units.
-    fn unexplained(&mut self, c: &Correction) -> (i64, i64) {
-        let dc = c.cores.1 - c.cores.0;
-        let dg = c.gpus.1 - c.gpus.0;
-        let Some(e) = self.map.get_mut(&(c.table, c.key.clone())) else {
-            return (dc.abs(), dg.abs());
-        };
-        let slack = 99 * e.2;
-        // Announced releases are negative; a correction within [announced - slack, 0] is explained.
-        let core_drift = if dc <= 0 && dc >= e.0 - slack { 0 } else if dc < 0 { (e.0 - slack - dc).max(0) } else { dc };
-        let gpu_drift = if dg <= 0 && dg >= e.1 { 0 } else if dg < 0 { e.1 - dg } else { dg };
-        e.0 = (e.0 - dc).min(0);
-        e.1 = (e.1 - dg).min(0);
-        (core_drift.abs(), gpu_drift.abs())
+    fn correct(&mut self, c: &Correction) {
+        let now = Instant::now();
+        let e = self.map.entry((c.table, c.key.clone())).or_insert_with(|| Entry::new(now));
+        e.corrected_cores = e.corrected_cores.saturating_add(c.cores.1 - c.cores.0);
+        e.corrected_gpus = e.corrected_gpus.saturating_add(c.gpus.1 - c.gpus.0);
+        e.last = now;
     }
 
-    fn expire(&mut self, ttl: Duration) {
-        self.map.retain(|_, e| e.3.elapsed() < ttl);
+    /// Closes the entries that are quiet (or too old) and returns their unexplained drift per
+    /// table. With `all`, closes every entry (shutdown, tests).
+    fn judge(&mut self, quiet: Duration, age_max: Duration, all: bool) -> BTreeMap<&'static str, (i64, i64)> {
+        let mut drift: BTreeMap<&'static str, (i64, i64)> = BTreeMap::new();
+        let overfull = self.map.len() > limits::ACCOUNTING_LEDGER_ROWS_MAX;
+        self.map.retain(|(table, key), e| {
+            let close = all || overfull || e.last.elapsed() >= quiet || e.opened.elapsed() >= age_max;
+            if !close {
+                return true;
+            }
+            let (c, g) = e.unexplained();
+            if c > 0 || g > 0 {
+                debug!("accounting: drift on {table} {}: announced {} core units / {} GPUs, corrected {} / {}", escape(key), e.announced_cores, e.announced_gpus, e.corrected_cores, e.corrected_gpus);
+                let d = drift.entry(*table).or_insert((0, 0));
+                d.0 += c;
+                d.1 += g;
+            }
+            false
+        });
+        drift
     }
 }
 
@@ -597,11 +645,12 @@ struct Worker<'a> {
     heard: Vec<Instant>,
     full_due: Option<FullReason>,
     last_full: Instant,
-    credits: Credits,
+    ledger: Ledger,
     /// Shows managed now, and when each show was last seen managed.
     managed_seen: HashMap<String, Instant>,
     last_managed_read: Option<Instant>,
     retry_pause: Duration,
+    last_full_reason: Option<FullReason>,
 }
 
 impl<'a> Worker<'a> {
@@ -616,10 +665,11 @@ impl<'a> Worker<'a> {
             heard: Vec::new(),
             full_due: None,
             last_full: Instant::now(),
-            credits: Credits::default(),
+            ledger: Ledger::default(),
             managed_seen: HashMap::new(),
             last_managed_read: None,
             retry_pause: Duration::from_millis(limits::ACCOUNTING_RETRY_MIN_MS),
+            last_full_reason: None,
         }
     }
 
@@ -651,8 +701,14 @@ impl<'a> Worker<'a> {
             }
             self.gather(&settings);
             self.reconcile_pending();
-            self.credits.expire(Duration::from_millis(limits::ACCOUNTING_CREDIT_TTL_MS));
+            self.judge_drift(false);
         }
+        // What was heard before the stop is reconciled once more, without waiting for locks
+        // (rows held elsewhere are healed by the next start-up reconcile).
+        if !self.pending.is_empty() {
+            self.reconcile_pending();
+        }
+        self.judge_drift(true);
     }
 
     fn sleep_until_retry(&mut self) {
@@ -760,7 +816,7 @@ impl<'a> Worker<'a> {
             match notice {
                 Notice::Release(r) => {
                     self.ctx.metrics.accounting_notifications_total.with_label_values(&[CHANNEL_RELEASE]).inc();
-                    self.credits.announce(&r);
+                    self.ledger.announce(&r);
                     self.pending.add_release(&r);
                     // A job may have moved since Cuebot loaded the proc: its current folder and
                     // point are looked up in the reconcile.
@@ -856,18 +912,29 @@ impl<'a> Worker<'a> {
             }
         }
         let mut wake = BTreeSet::new();
-        let mut drift: BTreeMap<&'static str, (i64, i64)> = BTreeMap::new();
         for c in &done.corrections {
             if c.cores.1 < c.cores.0 || c.gpus.1 < c.gpus.0 {
                 wake.insert(c.show.clone());
             }
-            let (dc, dg) = self.credits.unexplained(c);
-            if dc > 0 || dg > 0 {
-                let e = drift.entry(c.table).or_insert((0, 0));
-                e.0 += dc;
-                e.1 += dg;
-                debug!("accounting: drift on {} {}: cores {} -> {}, gpus {} -> {}", c.table, escape(&c.key), c.cores.0, c.cores.1, c.gpus.0, c.gpus.1);
-            }
+            self.ledger.correct(c);
+        }
+        if let Some(reason) = full {
+            self.last_full_reason = Some(reason);
+        }
+        if !wake.is_empty() {
+            self.ctx.wake_shows(wake);
+        }
+    }
+
+    /// Counts and logs drift on the ledger rows that have settled.
+    fn judge_drift(&mut self, all: bool) {
+        let drift = self.ledger.judge(
+            Duration::from_millis(limits::ACCOUNTING_LEDGER_QUIET_MS),
+            Duration::from_millis(limits::ACCOUNTING_LEDGER_AGE_MAX_MS),
+            all,
+        );
+        if drift.is_empty() {
+            return;
         }
         for (table, (c, g)) in &drift {
             if *c > 0 {
@@ -877,17 +944,12 @@ impl<'a> Worker<'a> {
                 self.ctx.metrics.accounting_drift_corrected_total.with_label_values(&[table, "gpus"]).inc_by(*g as u64);
             }
         }
-        if !drift.is_empty() {
-            let summary: Vec<String> = drift.iter().map(|(t, (c, g))| format!("{t} {c} core units, {g} GPUs")).collect();
-            let why = match full {
-                Some(reason) => format!("full reconcile ({})", reason.label()),
-                None => "reconcile of announced releases".into(),
-            };
-            warn!("accounting: {why} corrected drift no notification explained: {}", summary.join("; "));
-        }
-        if !wake.is_empty() {
-            self.ctx.wake_shows(wake);
-        }
+        let summary: Vec<String> = drift.iter().map(|(t, (c, g))| format!("{t} {c} core units, {g} GPUs")).collect();
+        let hint = match self.last_full_reason {
+            Some(FullReason::Periodic) => " (a periodic reconcile found it: is Cuebot running with accounting.notify.enabled=false?)",
+            _ => "",
+        };
+        warn!("accounting: corrected drift no acct_release explained: {}{hint}", summary.join("; "));
     }
 
     /// The shows to reconcile in full: managed now, or managed within `managed_shows_ttl`
@@ -896,7 +958,11 @@ impl<'a> Worker<'a> {
         if !self.ctx.managed_mode {
             return Ok(Vec::new());
         }
-        let ttl = self.settings().managed_shows_ttl.max(Duration::from_secs(limits::CUEBOT_MANAGED_FLAG_CACHE_SECS));
+        // Cuebot may release a show through its managed path until its flag cache expires;
+        // two more reconcile intervals make sure a full reconcile runs after that.
+        let settings = self.settings();
+        let ttl = settings.managed_shows_ttl.max(Duration::from_secs(limits::CUEBOT_MANAGED_FLAG_CACHE_SECS))
+            + settings.recompute_interval.saturating_mul(2);
         let rows = self
             .reconciler()?
             .query("SELECT pk_show::text FROM show WHERE b_scheduler_managed", &[])
@@ -906,7 +972,7 @@ impl<'a> Worker<'a> {
             self.managed_seen.insert(r.get(0), now);
         }
         self.last_managed_read = Some(now);
-        self.managed_seen.retain(|_, seen| now.duration_since(*seen) < ttl + Duration::from_secs(5));
+        self.managed_seen.retain(|_, seen| now.duration_since(*seen) < ttl);
         Ok(self.managed_seen.keys().cloned().collect())
     }
 
@@ -1013,8 +1079,7 @@ mod tests {
     }
 
     #[test]
-    fn credits_explain_announced_releases_only() {
-        let mut credits = Credits::default();
+    fn ledger_tells_announced_releases_from_drift() {
         let r = Release {
             show: "S".into(),
             alloc: "A".into(),
@@ -1025,14 +1090,44 @@ mod tests {
             cores: -1, // 150 core units, announced truncated
             gpus: 0,
         };
-        credits.announce(&r);
-        let c = |cores: (i64, i64)| Correction { table: "layer_resource", key: "L".into(), show: "S".into(), cores, gpus: (0, 0) };
+        let correction = |table: &'static str, key: &str, cores: (i64, i64), gpus: (i64, i64)| Correction {
+            table,
+            key: key.into(),
+            show: "S".into(),
+            cores,
+            gpus,
+        };
+        let judge = |ledger: &mut Ledger| ledger.judge(Duration::from_secs(3600), Duration::from_secs(3600), true);
         // 150 units released, 100 announced: within the truncation slack.
-        assert_eq!(credits.unexplained(&c((150, 0))), (0, 0));
-        // Nothing announced for another row: all of it is drift.
-        let other = Correction { table: "job_resource", key: "X".into(), show: "S".into(), cores: (300, 100), gpus: (1, 0) };
-        assert_eq!(credits.unexplained(&other), (200, 1));
-        // A correction upward is never explained by a release.
-        assert_eq!(credits.unexplained(&c((0, 100))), (100, 0));
+        let mut ledger = Ledger::default();
+        ledger.announce(&r);
+        ledger.correct(&correction("layer_resource", "L", (150, 0), (0, 0)));
+        assert!(judge(&mut ledger).is_empty());
+        // The correction before its announcement (the reconcile's snapshot saw the release first).
+        let mut ledger = Ledger::default();
+        ledger.correct(&correction("job_resource", "J", (150, 0), (0, 0)));
+        ledger.announce(&r);
+        assert!(judge(&mut ledger).is_empty());
+        // Announced, but another instance made the correction: not drift either.
+        let mut ledger = Ledger::default();
+        ledger.announce(&r);
+        assert!(judge(&mut ledger).is_empty());
+        // Nothing announced: all of it is drift, both ways.
+        let mut ledger = Ledger::default();
+        ledger.correct(&correction("job_resource", "X", (300, 100), (1, 0)));
+        ledger.correct(&correction("folder_resource", "F2", (0, 100), (0, 0)));
+        let drift = judge(&mut ledger);
+        assert_eq!(drift.get("job_resource"), Some(&(200, 1)));
+        assert_eq!(drift.get("folder_resource"), Some(&(100, 0)));
+        // More released than announced, beyond the slack.
+        let mut ledger = Ledger::default();
+        ledger.announce(&r);
+        ledger.correct(&correction("layer_resource", "L", (400, 0), (0, 0)));
+        assert_eq!(judge(&mut ledger).get("layer_resource"), Some(&(201, 0)));
+        // A quiet ledger keeps young entries open.
+        let mut ledger = Ledger::default();
+        ledger.announce(&r);
+        assert!(ledger.judge(Duration::from_secs(3600), Duration::from_secs(3600), false).is_empty());
+        assert_eq!(ledger.map.len(), 5);
     }
 }

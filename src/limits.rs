@@ -71,13 +71,16 @@ pub const ID_LENGTH_MAX: usize = 64;
 /// Notifications gathered into one reconcile at most; more wait for the next one.
 pub const ACCOUNTING_BATCH_NOTICES_MAX: usize = 5_000;
 
-/// Announced releases remembered per rollup row, to tell them from drift; an announcement
-/// that no reconcile used within this time is forgotten.
-pub const ACCOUNTING_CREDIT_TTL_MS: u64 = 5_000;
+/// A rollup row's announcements and corrections are compared once the row has been quiet this
+/// long (a notification can arrive just after the reconcile that covered its release)...
+pub const ACCOUNTING_LEDGER_QUIET_MS: u64 = 3_000;
 
-/// Rollup rows with announcements remembered; beyond it the oldest are dropped (drift may then be
+/// ...or once its entry is this old, so a busy row is judged too.
+pub const ACCOUNTING_LEDGER_AGE_MAX_MS: u64 = 60_000;
+
+/// Rows in the drift ledger; past it every entry is judged at once (drift may then be
 /// over-reported, never hidden).
-pub const ACCOUNTING_CREDITS_MAX: usize = 200_000;
+pub const ACCOUNTING_LEDGER_ROWS_MAX: usize = 200_000;
 
 /// First and longest pause before retrying rows another transaction held, or a lost connection.
 pub const ACCOUNTING_RETRY_MIN_MS: u64 = 10;

@@ -7,18 +7,21 @@
 //! process but the benchmark's own poller). Scheduler CPU and peak RSS come from wait4().
 
 use argh::FromArgs;
+use cue_scheduler::sim::completer::Completer;
+use cue_scheduler::sim::cuebot::{Cuebot, Mode};
 use cue_scheduler::sim::farm::{self, Farm, Server};
 use cue_scheduler::sim::procs::{self, Usage};
 use cue_scheduler::sim::workloads::{self, DrainShape};
 use postgres::Client;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Benchmark the scheduler on the issue-4 workloads.
 #[derive(FromArgs)]
 struct Args {
-    /// workloads, comma-separated: drain, saturation, latency, scale (default drain,saturation,latency)
+    /// workloads, comma-separated: drain, saturation, latency, scale, accounting (default drain,saturation,latency)
     #[argh(option, default = "String::from(\"drain,saturation,latency\")")]
     workload: String,
     /// scheduler processes on the same farm (drain and saturation)
@@ -92,6 +95,7 @@ fn run(args: &Args) -> Result<(), String> {
             eprintln!("cue-bench: {workload} on the {schema} schema …");
             match workload {
                 "latency" => latency_lines.push(latency(args, &server, schema, &sql)?),
+                "accounting" => latency_lines.extend(accounting(args, &server, schema, &sql)?),
                 _ => rows.push(throughput(args, &server, workload, schema, &sql)?),
             }
         }
@@ -397,4 +401,178 @@ fn table(rows: &[Row]) -> String {
         );
     }
     out
+}
+
+/// Managed-show accounting at scale (issue 8): the cost of a full reconcile with 10,000 hosts and
+/// 100,000 procs, and the extra PostgreSQL CPU per released frame that 1 and 3 listening
+/// instances add at a sustained release rate, with their reconcile lag.
+fn accounting(args: &Args, server: &Server, schema: &str, sql: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let db = format!("bench_accounting_{schema}");
+    let mut farm = prepare(server, &db, sql)?;
+    let shrink = args.shrink.max(1);
+    let shape = DrainShape {
+        hosts: (10_000 / shrink).max(8),
+        jobs: (5_000 / shrink).max(2),
+        layers_per_job: 4,
+        frames_per_layer: 5,
+        manual_tags: 8,
+        host_name: workloads::plain_host_name,
+    };
+    let eligible = workloads::seed_drain(&mut farm, &shape, 42)?;
+    settle_and_reset(&mut farm.client)?;
+    // Book the whole farm with one instance (dry run: procs, no RQD).
+    let mut poller = server.connect(&db)?;
+    let started = Instant::now();
+    let mut booker = start_instances(args, server, &db, &format!("accounting-book-{schema}"), 1)?;
+    let (booked, _) = wait_for_drain(&mut poller, "drain", eligible, started, Duration::from_secs(args.timeout_secs.max(300)));
+    procs::stop(&mut booker[0].child, Duration::from_secs(30));
+    let hosts: i64 = poller.query_one("SELECT count(*) FROM host", &[]).map_err(|e| e.to_string())?.get(0);
+    out.push(format!("accounting ({schema} schema): {hosts} hosts, {booked} procs booked"));
+    let poller_pid: i32 = poller.query_one("SELECT pg_backend_pid()", &[]).map_err(|e| e.to_string())?.get(0);
+    let shows: Vec<String> = poller
+        .query("SELECT pk_show::text FROM show WHERE b_scheduler_managed", &[])
+        .map_err(|e| e.to_string())?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut client = server.connect(&db)?;
+    let full = |client: &mut Client, what: &str| -> Result<String, String> {
+        let cpu = procs::postgres_cpu_secs(&[poller_pid]);
+        let t = Instant::now();
+        let keys = cue_scheduler::accounting::drift_keys(client, &shows).map_err(|e| e.to_string())?;
+        let found = t.elapsed().as_secs_f64();
+        let done = cue_scheduler::accounting::reconcile(client, &keys).map_err(|e| e.to_string())?;
+        Ok(format!(
+            "  full reconcile, {what}: {:.0} ms ({:.0} ms to find {} drifted rows, {} corrected), PostgreSQL CPU {:.0} ms",
+            t.elapsed().as_secs_f64() * 1000.0,
+            found * 1000.0,
+            keys.len(),
+            done.corrections.len(),
+            (procs::postgres_cpu_secs(&[poller_pid]) - cpu) * 1000.0
+        ))
+    };
+    out.push(full(&mut client, "nothing drifted")?);
+    // Mode (c): 5% of the procs released with no rollup writes and no notification.
+    let silent = (booked / 20).max(1);
+    client
+        .batch_execute(&format!(
+            "WITH gone AS (DELETE FROM proc WHERE pk_proc IN (SELECT pk_proc FROM proc ORDER BY pk_proc LIMIT {silent})
+                           RETURNING pk_host, pk_frame, int_cores_reserved c, int_mem_reserved m, int_gpus_reserved g, int_gpu_mem_reserved gm),
+                  h AS (SELECT pk_host, sum(c) c, sum(m) m, sum(g) g, sum(gm) gm FROM gone GROUP BY pk_host),
+                  hu AS (UPDATE host SET int_cores_idle = int_cores_idle + h.c, int_mem_idle = int_mem_idle + h.m,
+                                         int_gpus_idle = int_gpus_idle + h.g, int_gpu_mem_idle = int_gpu_mem_idle + h.gm
+                         FROM h WHERE host.pk_host = h.pk_host RETURNING 1)
+             UPDATE frame SET str_state = 'SUCCEEDED', int_exit_status = 0, ts_stopped = now(), int_version = int_version + 1
+             FROM gone WHERE frame.pk_frame = gone.pk_frame"
+        ))
+        .map_err(|e| format!("silent releases: {}", db_message(&e)))?;
+    out.push(full(&mut client, &format!("after {silent} silent (mode c) releases"))?);
+    // Releases at a sustained rate with 0, 1 and 3 listening instances; nothing else books.
+    client.batch_execute("UPDATE job SET b_paused = true").map_err(|e| e.to_string())?;
+    let rate = 500.0 / shrink as f64;
+    let window = Duration::from_secs(10);
+    let per_run = (rate * window.as_secs_f64()) as usize;
+    let mut baseline: Option<f64> = None;
+    for listeners in [0usize, 1, 3] {
+        let mut instances = start_instances(args, server, &db, &format!("accounting-listen{listeners}-{schema}"), listeners)?;
+        std::thread::sleep(Duration::from_secs(3)); // connected, start-up reconcile done
+        let idle_cpu = {
+            let cpu = procs::postgres_cpu_secs(&[poller_pid]);
+            std::thread::sleep(window);
+            procs::postgres_cpu_secs(&[poller_pid]) - cpu
+        };
+        let victims: Vec<(String, String)> = poller
+            .query(
+                "SELECT pk_frame::text, pk_proc::text FROM proc WHERE pk_frame IS NOT NULL ORDER BY pk_proc DESC LIMIT $1",
+                &[&(per_run as i64)],
+            )
+            .map_err(|e| e.to_string())?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let (srv, name) = (server.clone(), db.clone());
+        let completer = Completer::start(8, Arc::new(Cuebot::new(Mode::Notify)), None, move || srv.connect(&name), None)?;
+        let cpu = procs::postgres_cpu_secs(&[poller_pid]);
+        let t0 = Instant::now() + Duration::from_millis(100);
+        for (i, (frame, proc_id)) in victims.iter().enumerate() {
+            completer.schedule(t0 + Duration::from_secs_f64(i as f64 / rate), frame, proc_id, 0);
+        }
+        std::thread::sleep(window + Duration::from_millis(100));
+        while completer.pending() > 0 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(500)); // the last reconciles
+        let busy_secs = t0.elapsed().as_secs_f64();
+        let busy_cpu = procs::postgres_cpu_secs(&[poller_pid]) - cpu;
+        let report = completer.stop();
+        let idle_scaled = idle_cpu * busy_secs / window.as_secs_f64();
+        let release_cpu = busy_cpu - idle_scaled;
+        let mut lag = Vec::new();
+        for i in &instances {
+            if let Ok((_, page)) = procs::http_get(i.metrics_port, "/metrics") {
+                lag.push(histogram_quantiles(&page, "scheduler_accounting_reconcile_lag_seconds"));
+            }
+        }
+        for i in instances.iter_mut() {
+            procs::stop(&mut i.child, Duration::from_secs(30));
+        }
+        let achieved = report.released as f64 / busy_secs;
+        let line = match baseline {
+            None => {
+                baseline = Some(release_cpu);
+                format!(
+                    "  {} releases at {achieved:.0}/s, no listener: Cuebot's own release costs {:.3} ms PostgreSQL CPU each (release p99 {:.3} s late)",
+                    report.released,
+                    1000.0 * release_cpu / report.released.max(1) as f64,
+                    report.lateness_percentile(0.99)
+                )
+            }
+            Some(base) => {
+                let extra = (release_cpu - base * report.released as f64 / per_run.max(1) as f64) / report.released.max(1) as f64;
+                let lags: Vec<String> = lag.iter().map(|(p50, p99)| format!("p50 {:.3} s / p99 {:.3} s", p50, p99)).collect();
+                format!(
+                    "  {} releases at {achieved:.0}/s, {listeners} listening instance(s): extra PostgreSQL CPU {:.3} ms per released frame; reconcile lag {}",
+                    report.released,
+                    1000.0 * extra,
+                    lags.join(", ")
+                )
+            }
+        };
+        eprintln!("{line}");
+        out.push(line);
+    }
+    Ok(out)
+}
+
+/// (p50, p99) of a Prometheus histogram, interpolated within buckets.
+fn histogram_quantiles(page: &str, name: &str) -> (f64, f64) {
+    let mut buckets: Vec<(f64, f64)> = page
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}_bucket")))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let bound = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            let count: f64 = l.rsplit(' ').next()?.parse().ok()?;
+            Some((bound, count))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    let q = |p: f64| {
+        let target = p * total;
+        let mut prev = (0.0, 0.0);
+        for &(bound, count) in &buckets {
+            if count >= target {
+                if !bound.is_finite() {
+                    return prev.0;
+                }
+                let span = (count - prev.1).max(1e-9);
+                return prev.0 + (bound - prev.0) * ((target - prev.1) / span);
+            }
+            prev = (bound, count);
+        }
+        f64::NAN
+    };
+    (q(0.5), q(0.99))
 }

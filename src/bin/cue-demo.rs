@@ -4,18 +4,17 @@
 //! until the farm drains, shows progress, and ends with a summary and an SVG plot.
 
 use argh::FromArgs;
-use cue_scheduler::sim::cuebot::{self, Completion};
-use cue_scheduler::sim::fake_rqd::{loopback_address, FakeRqd, FakeRqdHandle};
+use cue_scheduler::sim::completer::{Completer, CompleterReport};
+use cue_scheduler::sim::cuebot::{Cuebot, Mode, Released};
+use cue_scheduler::sim::fake_rqd::{loopback_address, FakeRqd};
 use cue_scheduler::sim::farm::{self, Farm, Server};
-use cue_scheduler::sim::plot::{self, Series};
+use cue_scheduler::sim::plot::{self, Axis, Series, Side};
 use cue_scheduler::sim::procs;
 use cue_scheduler::sim::workloads::{self, Rng};
 use parking_lot::Mutex;
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,13 +39,16 @@ struct Args {
     /// output directory for the plot, config and scheduler log (default demo-out)
     #[argh(option, default = "String::from(\"demo-out\")")]
     out: String,
+    /// how the simulated Cuebot releases finished frames: notify (mid-2026, the default),
+    /// silent (notifications off), pr2533 (decrements every show) or dec2025
+    #[argh(option, default = "String::from(\"notify\")")]
+    cuebot_mode: String,
+    /// threads applying Cuebot's release writes (default 8)
+    #[argh(option, default = "8")]
+    completer_threads: usize,
 }
 
-/// A frame run the fake RQD will complete: (due, frame id, proc id).
-type Due = Reverse<(Instant, String, String)>;
-
 struct Sim {
-    queue: Mutex<BinaryHeap<Due>>,
     waiting_since: Mutex<HashMap<String, Instant>>,
     book_latencies: Mutex<Vec<f64>>,
     rng: Mutex<Rng>,
@@ -73,8 +75,8 @@ fn run(args: &Args) -> Result<(), String> {
     let total_cores: i64 = farm.client.query_one("SELECT sum(int_cores)::bigint FROM host", &[]).map_err(|e| e.to_string())?.get(0);
     println!("demo farm: {} hosts ({} cores), {} jobs, {} frames; simulated frames run ~{:.1} s, {:.0}% fail", args.hosts, total_cores / 100, args.jobs, total_frames, args.frame_secs, args.failure_rate * 100.0);
 
+    let mode = Mode::parse(&args.cuebot_mode).ok_or_else(|| format!("--cuebot-mode: unknown mode `{}` (notify, silent, pr2533, dec2025)", args.cuebot_mode))?;
     let sim = Arc::new(Sim {
-        queue: Mutex::new(BinaryHeap::new()),
         waiting_since: Mutex::new(HashMap::new()),
         book_latencies: Mutex::new(Vec::new()),
         rng: Mutex::new(Rng::new(7)),
@@ -82,26 +84,38 @@ fn run(args: &Args) -> Result<(), String> {
     });
     let rqd = FakeRqd::start(&addresses)?;
     let started = Instant::now();
-    {
+    // Cuebot's release writes, applied when each frame's simulated run ends.
+    let on_done = {
         let sim = Arc::clone(&sim);
+        Box::new(move |frame_id: &str, released: &Released| {
+            if matches!(released, Released::Frame { state } if state == "WAITING") {
+                sim.waiting_since.lock().insert(frame_id.to_string(), Instant::now());
+            }
+        })
+    };
+    let (conn_server, conn_db) = (server.clone(), db.to_string());
+    let completer = Arc::new(Completer::start(
+        args.completer_threads,
+        Arc::new(Cuebot::new(mode)),
+        Some(rqd.handle()),
+        move || conn_server.connect(&conn_db),
+        Some(on_done),
+    )?);
+    {
+        let (sim, completer) = (Arc::clone(&sim), Arc::clone(&completer));
+        let failure_rate = args.failure_rate;
         rqd.on_launch(move |_host, run_frame| {
             let now = Instant::now();
             let since = sim.waiting_since.lock().remove(run_frame.get_frame_id()).unwrap_or(started);
             sim.book_latencies.lock().push(now.duration_since(since).as_secs_f64());
-            let secs = sim.frame_secs * (0.5 + sim.rng.lock().range(0, 1000) as f64 / 1000.0);
+            let (secs, failed) = {
+                let mut rng = sim.rng.lock();
+                (sim.frame_secs * (0.5 + rng.range(0, 1000) as f64 / 1000.0), rng.chance(failure_rate))
+            };
             let due = now + Duration::from_secs_f64(secs);
-            sim.queue.lock().push(Reverse((due, run_frame.get_frame_id().to_string(), run_frame.get_resource_id().to_string())));
+            completer.schedule(due, run_frame.get_frame_id(), run_frame.get_resource_id(), if failed { 1 } else { 0 });
         });
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let completer = {
-        let (sim, rqd, stop, conn) = (Arc::clone(&sim), rqd.handle(), Arc::clone(&stop), server.connect(db)?);
-        let failure_rate = args.failure_rate;
-        std::thread::Builder::new()
-            .name("demo-completer".into())
-            .spawn(move || complete_frames(&sim, &rqd, &stop, conn, failure_rate))
-            .map_err(|e| e.to_string())?
-    };
     let port = procs::free_port().map_err(|e| e.to_string())?;
     let config = Path::new(&args.out).join("scheduler.yaml");
     std::fs::write(&config, demo_config(&server, db, port, rqd.port)).map_err(|e| e.to_string())?;
@@ -111,10 +125,15 @@ fn run(args: &Args) -> Result<(), String> {
         .map_err(|e| format!("start {}: {e}", procs::scheduler_binary().display()))?;
     println!("scheduler started (pid {}), metrics on http://127.0.0.1:{port}/metrics, log {}", child.id(), log.display());
     let samples = watch(&mut farm, total_cores, total_frames, started, Duration::from_secs(args.timeout_secs));
+    // Let the accounting listener reconcile the last releases before the scheduler stops.
+    std::thread::sleep(Duration::from_millis(500));
     let usage = procs::stop(&mut child, Duration::from_secs(30));
-    stop.store(true, Ordering::SeqCst);
-    let _ = completer.join();
-    summarize(&mut farm, &sim, &samples, started, usage, args, total_cores)
+    rqd.on_launch(|_, _| {});
+    let report = match Arc::try_unwrap(completer) {
+        Ok(completer) => completer.stop(),
+        Err(_) => CompleterReport::default(),
+    };
+    summarize(&mut farm, &sim, &samples, started, usage, args, total_cores, &report, mode)
 }
 
 fn demo_config(server: &Server, db: &str, metrics_port: u16, rqd_port: u16) -> String {
@@ -125,33 +144,6 @@ fn demo_config(server: &Server, db: &str, metrics_port: u16, rqd_port: u16) -> S
          host_cache:\n  monitoring_interval: 2s\nscheduler:\n  facility: lax\n",
         server.host, server.port, server.user
     )
-}
-
-/// Completes due frames: Cuebot's release writes, then the fake RQD frees its cores.
-fn complete_frames(sim: &Sim, rqd: &FakeRqdHandle, stop: &AtomicBool, mut client: postgres::Client, failure_rate: f64) {
-    while !stop.load(Ordering::SeqCst) {
-        let due = {
-            let mut queue = sim.queue.lock();
-            match queue.peek() {
-                Some(Reverse((when, _, _))) if *when <= Instant::now() => queue.pop(),
-                _ => None,
-            }
-        };
-        let Some(Reverse((_, frame_id, proc_id))) = due else {
-            std::thread::sleep(Duration::from_millis(5));
-            continue;
-        };
-        let failed = sim.rng.lock().chance(failure_rate);
-        let done = Completion { exit_status: if failed { 1 } else { 0 }, run_secs: 1, max_rss_kib: 1_048_576 };
-        match cuebot::complete_frame(&mut client, &frame_id, &proc_id, done) {
-            Ok(cuebot::Released::Frame { state }) if state == "WAITING" => {
-                sim.waiting_since.lock().insert(frame_id.clone(), Instant::now());
-            }
-            Ok(_) => {}
-            Err(e) => eprintln!("\ncue-demo: completing frame {frame_id}: {e}"),
-        }
-        rqd.finish(&frame_id);
-    }
 }
 
 /// (seconds, utilisation %, waiting frames, running frames)
@@ -203,7 +195,18 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted.get(((sorted.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN)
 }
 
-fn summarize(farm: &mut Farm, sim: &Sim, samples: &[Sample], started: Instant, usage: procs::Usage, args: &Args, total_cores: i64) -> Result<(), String> {
+#[allow(clippy::too_many_arguments)]
+fn summarize(
+    farm: &mut Farm,
+    sim: &Sim,
+    samples: &[Sample],
+    started: Instant,
+    usage: procs::Usage,
+    args: &Args,
+    total_cores: i64,
+    completions: &CompleterReport,
+    mode: Mode,
+) -> Result<(), String> {
     let elapsed = started.elapsed().as_secs_f64();
     let row = farm
         .client
@@ -226,6 +229,17 @@ fn summarize(farm: &mut Farm, sim: &Sim, samples: &[Sample], started: Instant, u
         latencies.last().copied().unwrap_or(f64::NAN)
     );
     println!("  farm utilisation ({} cores): mean {mean_util:.1}%, peak {peak_util:.1}%", total_cores / 100);
+    println!(
+        "  simulated Cuebot ({} release mode): {} releases, each applied p50 {:.3} s / p99 {:.3} s / max {:.3} s after its frame's simulated end",
+        mode.name(),
+        completions.released,
+        completions.lateness_percentile(0.5),
+        completions.lateness_percentile(0.99),
+        completions.lateness_secs.last().copied().unwrap_or(0.0)
+    );
+    if let Some(e) = completions.errors.first() {
+        println!("  simulated Cuebot: {} releases failed, e.g. {e}", completions.errors.len());
+    }
     println!("  scheduler: {:.2} s CPU, peak RSS {:.1} MB, exit code {:?}", usage.cpu_secs, usage.max_rss_kib as f64 / 1024.0, usage.exit_code);
     if violations.is_empty() {
         println!("  database consistent (host idle, procs, stats and rollups all agree)");
@@ -235,14 +249,15 @@ fn summarize(farm: &mut Farm, sim: &Sim, samples: &[Sample], started: Instant, u
     let util: Vec<(f64, f64)> = samples.iter().map(|s| (s.0, s.1)).collect();
     let waiting: Vec<(f64, f64)> = samples.iter().map(|s| (s.0, s.2)).collect();
     let running: Vec<(f64, f64)> = samples.iter().map(|s| (s.0, s.3)).collect();
-    let max_wait = waiting.iter().map(|p| p.1).fold(1.0, f64::max);
-    let max_run = running.iter().map(|p| p.1).fold(1.0, f64::max);
+    let max_frames = waiting.iter().chain(running.iter()).map(|p| p.1).fold(1.0, f64::max);
     let svg = plot::svg(
         &format!("cue-scheduler demo: {} hosts, {} frames", args.hosts, total),
+        Axis { label: "farm utilisation (% of cores booked)", max: 100.0 },
+        Some(Axis { label: "frames", max: max_frames }),
         &[
-            Series { name: "farm utilisation", colour: "#1f77b4", points: &util, max: 100.0, unit: "%" },
-            Series { name: "waiting frames (queue depth)", colour: "#d62728", points: &waiting, max: max_wait, unit: "" },
-            Series { name: "running frames", colour: "#2ca02c", points: &running, max: max_run, unit: "" },
+            Series { name: "farm utilisation", colour: "#1f77b4", points: &util, side: Side::Left },
+            Series { name: "waiting frames (queue depth)", colour: "#d62728", points: &waiting, side: Side::Right },
+            Series { name: "running frames", colour: "#2ca02c", points: &running, side: Side::Right },
         ],
     );
     let path = Path::new(&args.out).join("farm.svg");
@@ -253,6 +268,9 @@ fn summarize(farm: &mut Farm, sim: &Sim, samples: &[Sample], started: Instant, u
     }
     if !violations.is_empty() {
         return Err("database inconsistent after the run".into());
+    }
+    if !completions.errors.is_empty() {
+        return Err("the simulated Cuebot's releases failed".into());
     }
     Ok(())
 }

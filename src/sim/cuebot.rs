@@ -229,6 +229,82 @@ impl Cuebot {
         Ok(Released::Frame { state })
     }
 
+    /// Cuebot's own booking of one frame (`startFrameAndProc`, cuebot-database.md §5.2) on a
+    /// show it books itself: lock the frame, start it, count the retry, insert the proc, then
+    /// `procCreated`: the unguarded host decrement and the five increments. Cuebot reserves
+    /// what it computed, whole cores or not (1–99 units are kept as they are). Returns the proc.
+    pub fn book_frame(&self, client: &mut Client, frame_id: &str, host_id: &str, cores: i64) -> Result<Option<String>, String> {
+        let mut txn = client.transaction().map_err(db_err("begin booking"))?;
+        let row = txn
+            .query_opt(
+                "SELECT f.int_version, f.pk_layer::text, f.pk_job::text, j.pk_show::text, l.int_mem_min, l.int_gpus_min,
+                        l.int_gpu_mem_min, h.str_name::text, h.pk_alloc::text
+                 FROM frame f JOIN job j ON j.pk_job = f.pk_job JOIN layer l ON l.pk_layer = f.pk_layer, host h
+                 WHERE f.pk_frame = $1 AND f.str_state = 'WAITING' AND h.pk_host = $2 FOR UPDATE OF f NOWAIT",
+                &[&frame_id, &host_id],
+            )
+            .map_err(db_err("lock frame"))?;
+        let Some(row) = row else { return Ok(None) };
+        let (version, layer, job, show): (Option<i32>, String, String, String) = (row.get(0), row.get(1), row.get(2), row.get(3));
+        let (mem, gpus, gpu_mem, host_name, alloc): (i64, i64, i64, String, String) = (row.get(4), row.get(5), row.get(6), row.get(7), row.get(8));
+        let started = txn
+            .execute(
+                "UPDATE frame SET str_state = 'RUNNING', str_host = $2, int_cores = $3, int_mem_reserved = $4,
+                        int_gpus = $5, int_gpu_mem_reserved = $6, ts_updated = now(), ts_started = now(),
+                        ts_stopped = NULL, int_version = int_version + 1
+                 WHERE pk_frame = $1 AND str_state = 'WAITING' AND int_version IS NOT DISTINCT FROM $7",
+                &[&frame_id, &host_name, &(cores as i32), &mem, &(gpus as i32), &gpu_mem, &version],
+            )
+            .map_err(db_err("start frame"))?;
+        if started != 1 {
+            return Ok(None);
+        }
+        txn.execute(
+            "UPDATE frame SET int_retries = int_retries + 1 WHERE pk_frame = $1 AND int_exit_status <> ALL('{-1,256,286,299,301,302,399}')",
+            &[&frame_id],
+        )
+        .map_err(db_err("retry counter"))?;
+        let proc_row = txn
+            .query_one(
+                "INSERT INTO proc (pk_proc, pk_host, pk_show, pk_layer, pk_job, pk_frame, int_cores_reserved, int_mem_reserved,
+                                   int_mem_pre_reserved, int_mem_used, int_gpus_reserved, int_gpu_mem_reserved,
+                                   int_gpu_mem_pre_reserved, int_gpu_mem_used, b_local)
+                 VALUES (gen_random_uuid()::text, $1, $2, $3, $4, $5, $6, $7, $7, 262144, $8, $9, $9, 0, false)
+                 RETURNING pk_proc::text",
+                &[&host_id, &show, &layer, &job, &frame_id, &cores, &mem, &(gpus as i32), &gpu_mem],
+            )
+            .map_err(db_err("insert proc"))?;
+        txn.execute(
+            "UPDATE host SET int_cores_idle = int_cores_idle - $2, int_mem_idle = int_mem_idle - $3,
+                    int_gpus_idle = int_gpus_idle - $4, int_gpu_mem_idle = int_gpu_mem_idle - $5 WHERE pk_host = $1",
+            &[&host_id, &cores, &mem, &gpus, &gpu_mem],
+        )
+        .map_err(db_err("host"))?;
+        let (c, g) = (cores, gpus);
+        txn.execute(
+            "UPDATE subscription SET int_cores = int_cores + $3, int_gpus = int_gpus + $4 WHERE pk_show = $1 AND pk_alloc = $2",
+            &[&show, &alloc, &(c as i32), &(g as i32)],
+        )
+        .map_err(db_err("subscription"))?;
+        txn.execute("UPDATE layer_resource SET int_cores = int_cores + $2, int_gpus = int_gpus + $3 WHERE pk_layer = $1", &[&layer, &c, &(g as i32)])
+            .map_err(db_err("layer_resource"))?;
+        txn.execute("UPDATE job_resource SET int_cores = int_cores + $2, int_gpus = int_gpus + $3 WHERE pk_job = $1", &[&job, &c, &(g as i32)])
+            .map_err(db_err("job_resource"))?;
+        txn.execute(
+            "UPDATE folder_resource SET int_cores = int_cores + $2, int_gpus = int_gpus + $3 WHERE pk_folder = (SELECT pk_folder FROM job WHERE pk_job = $1)",
+            &[&job, &(c as i32), &(g as i32)],
+        )
+        .map_err(db_err("folder_resource"))?;
+        txn.execute(
+            "UPDATE point SET int_cores = int_cores + $2, int_gpus = int_gpus + $3
+             WHERE pk_dept = (SELECT pk_dept FROM job WHERE pk_job = $1) AND pk_show = (SELECT pk_show FROM job WHERE pk_job = $1)",
+            &[&job, &(c as i32), &(g as i32)],
+        )
+        .map_err(db_err("point"))?;
+        txn.commit().map_err(db_err("commit booking"))?;
+        Ok(Some(proc_row.get(0)))
+    }
+
     /// Transaction 1: the frame's new state, then the proc lets go of it.
     fn stop_frame(&self, client: &mut Client, frame_id: &str, done: Completion) -> Result<Option<String>, String> {
         self.note(Write::Begin);

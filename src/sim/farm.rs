@@ -426,14 +426,17 @@ impl Farm {
             .map(|l| l.replace(":'show'", "''"))
             .collect::<Vec<_>>()
             .join("\n");
-        let rows = self.client.query(sql.as_str(), &[]).map_err(sql_err("invariants"))?;
+        // Sums come back as numeric in the shared file: read every column as text.
+        let body = sql.trim().trim_end_matches(';');
+        let wrapped = format!("SELECT check_name::text, object::text, expected::text, actual::text FROM ({body}) v");
+        let rows = self.client.query(wrapped.as_str(), &[]).map_err(sql_err("invariants"))?;
         Ok(rows
             .iter()
             .map(|r| {
                 let check: String = r.get(0);
                 let object: String = r.get(1);
-                let expected: i64 = r.try_get(2).unwrap_or(-1);
-                let actual: i64 = r.try_get(3).unwrap_or(-1);
+                let expected: String = r.get(2);
+                let actual: String = r.get(3);
                 format!("{check} {object} expected {expected} actual {actual}")
             })
             .collect())

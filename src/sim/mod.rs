@@ -1,7 +1,9 @@
 //! Simulation parts shared by the tests, the demo and the benchmarks: a fake RQD (a real
-//! grpcio server), a farm seeder, and Cuebot's frame-completion writes.
+//! grpcio server), a farm seeder, a faithful Cuebot (its release and admin writes in each of
+//! its modes), and a completer that applies releases on time.
 
 pub mod farm;
+pub mod completer;
 pub mod cuebot;
 pub mod fake_rqd;
 pub mod plot;

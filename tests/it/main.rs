@@ -3,6 +3,7 @@
 
 mod support;
 
+mod accounting;
 mod booking;
 mod binary;
 mod conformance;
