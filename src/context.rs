@@ -100,7 +100,7 @@ impl Context {
 
     /// Runs `f` with a booking connection from the bounded set (made on first use).
     pub fn with_booker<T>(&self, f: impl FnOnce(&mut Booker) -> T) -> T {
-        let mut booker = self.bookers.pop().unwrap_or_else(|| Booker::new(self.settings.db.clone()));
+        let mut booker = self.bookers.pop().unwrap_or_else(|| Booker::new(self.settings.db.clone(), self.managed_mode));
         let result = f(&mut booker);
         let _ = self.bookers.push(booker);
         result

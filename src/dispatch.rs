@@ -44,7 +44,7 @@ fn launch_failed(ctx: &Context, launch: &Launch, error: &LaunchError) {
 }
 
 fn compensate(ctx: &Context, launch: &Launch) {
-    match ctx.with_booker(|booker| booker.compensate(&launch.frame_id, launch.version, &launch.proc_id)) {
+    match ctx.with_booker(|booker| booker.compensate(&launch.frame_id, launch.version, &launch.proc_id, ctx.settings.update_stat_on_book)) {
         Ok(true) => {
             ctx.metrics.compensations_total.inc();
             ctx.frames_compensated.fetch_add(1, Ordering::Relaxed);

@@ -355,9 +355,8 @@ fn batch_frames(plan: &JobPlan) -> Vec<BatchFrame> {
                 version: p.version,
                 cores: p.cores,
                 layer_id: layer.id.clone(),
+                layer_limited: layer.has_limits,
                 job_id: job.id.clone(),
-                folder_id: job.folder_id.clone(),
-                dept_id: job.dept_id.clone(),
                 host_id: a.host.id.to_string(),
                 host_name: a.host.name.clone(),
                 mem: layer.mem_min,
@@ -613,7 +612,7 @@ fn launch_booked(
         if let Err(failed) = launches.send(launch) {
             let launch = failed.into_inner();
             error!("dispatch threads are gone; compensating frame {}", launch.frame_id);
-            let _ = ctx.with_booker(|b| b.compensate(&launch.frame_id, launch.version, &launch.proc_id));
+            let _ = ctx.with_booker(|b| b.compensate(&launch.frame_id, launch.version, &launch.proc_id, ctx.settings.update_stat_on_book));
         }
     }
     launched
@@ -651,8 +650,6 @@ fn book_on_host(
         host_name: &host.name,
         show_id: &job.show_id,
         job_id: &job.id,
-        folder_id: &job.folder_id,
-        dept_id: &job.dept_id,
         layer_id: &layer.id,
         layer_limited: layer.has_limits,
         mem: layer.mem_min,
