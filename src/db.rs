@@ -96,7 +96,24 @@ fn pg_config(settings: &DbSettings) -> Result<postgres::Config, DbError> {
         .map_err(|e: postgres::Error| DbError::Connect { context: "parse connection settings", message: e.to_string() })?;
     config.connect_timeout(settings.connect_timeout);
     config.application_name("cue-scheduler");
+    // Client-side keepalives notice a vanished server; the server-side ones (below) end the
+    // sessions of a vanished or frozen client, so its locks do not outlive it.
+    config.keepalives(true);
+    config.keepalives_idle(Duration::from_secs(crate::limits::DB_TCP_KEEPALIVES_IDLE_SECS));
+    config.options(&session_options());
     Ok(config)
+}
+
+/// Per-session server settings (`-c` options at connect, so they hold from the first
+/// statement). Bounds and why they have their values: `limits.rs`.
+pub fn session_options() -> String {
+    use crate::limits::*;
+    format!(
+        "-c idle_in_transaction_session_timeout={DB_IDLE_IN_TRANSACTION_TIMEOUT_MS} -c lock_timeout={DB_LOCK_TIMEOUT_MS} \
+         -c statement_timeout={DB_STATEMENT_TIMEOUT_MS} -c tcp_keepalives_idle={DB_TCP_KEEPALIVES_IDLE_SECS} \
+         -c tcp_keepalives_interval={DB_TCP_KEEPALIVES_INTERVAL_SECS} -c tcp_keepalives_count={DB_TCP_KEEPALIVES_COUNT} \
+         -c tcp_user_timeout={DB_TCP_USER_TIMEOUT_MS} -c default_transaction_isolation=read\\ committed"
+    )
 }
 
 pub fn connect(settings: &DbSettings, context: &'static str) -> Result<Client, DbError> {

@@ -96,3 +96,30 @@ pub const CUEBOT_MANAGED_FLAG_CACHE_SECS: u64 = 30;
 
 /// Shows queued for an immediate wake-up before the request becomes "wake every cluster".
 pub const WAKE_REQUESTS_MAX: usize = 10_000;
+
+// Every database session this process opens carries these server-side bounds (`db.rs`). The
+// longest legitimate booking transaction is a whole pass: two statements over at most a few
+// thousand frames, well under a second even on a loaded server; no transaction of ours waits
+// on anything outside the database.
+
+/// A session idle inside a transaction this long is ended by the server: a frozen or stopped
+/// instance (SIGSTOP, a stalled VM) cannot hold booking locks that stall Cuebot and the other
+/// instances for longer. Ours are never idle between statements but for CPU time.
+pub const DB_IDLE_IN_TRANSACTION_TIMEOUT_MS: u64 = 5_000;
+
+/// A statement that waits this long for a row lock gives up (the booking is retried in a later
+/// pass): a peer frozen while holding locks costs a retry, not a stalled thread.
+pub const DB_LOCK_TIMEOUT_MS: u64 = 5_000;
+
+/// No statement of ours runs longer than this; the slowest legitimate one, the full accounting
+/// reconcile at 100,000 procs, takes about a second.
+pub const DB_STATEMENT_TIMEOUT_MS: u64 = 60_000;
+
+/// Server-side TCP keepalives: a client host that vanished is noticed after about
+/// idle + interval × count seconds, and its sessions (and locks) end.
+pub const DB_TCP_KEEPALIVES_IDLE_SECS: u64 = 10;
+pub const DB_TCP_KEEPALIVES_INTERVAL_SECS: u64 = 5;
+pub const DB_TCP_KEEPALIVES_COUNT: u64 = 3;
+
+/// Unacknowledged data on a session's socket for this long ends it (Linux TCP_USER_TIMEOUT).
+pub const DB_TCP_USER_TIMEOUT_MS: u64 = 30_000;

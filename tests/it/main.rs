@@ -5,6 +5,7 @@ mod support;
 
 mod accounting;
 mod booking;
+mod concurrency;
 mod binary;
 mod conformance;
 mod scenarios;
