@@ -343,7 +343,23 @@ enum Charged {
     /// A Cuebot guard trigger refused the charge.
     Trigger(BookOutcome),
     Booked { frames: Vec<BookedFrame>, hosts: Vec<(String, IdleValues)>, db_time: f64 },
+    /// The connection was lost during COMMIT: the booking may or may not have committed.
+    Ambiguous { frames: Vec<BookedFrame>, hosts: Vec<String>, error: String },
 }
+
+/// Reads, on a new connection, which of the procs an ambiguous commit inserted exist (with
+/// their frames RUNNING at the booked version): all of them if the commit happened, none if
+/// not. Also the hosts' idle values as they stand, for the cache.
+const RESOLVE_COMMIT_SQL: &str = "
+    SELECT ARRAY(SELECT p.pk_proc::text FROM proc p JOIN frame f ON f.pk_frame = p.pk_frame
+                 JOIN unnest($1::text[], $2::text[], $3::bigint[]) AS b(proc, frame, version)
+                   ON b.proc = p.pk_proc AND b.frame = f.pk_frame AND f.int_version = b.version AND f.str_state = 'RUNNING'),
+           ARRAY(SELECT pk_host::text FROM host WHERE pk_host = ANY($4::text[]) ORDER BY pk_host),
+           ARRAY(SELECT int_cores_idle::bigint FROM host WHERE pk_host = ANY($4::text[]) ORDER BY pk_host),
+           ARRAY(SELECT int_mem_idle::bigint FROM host WHERE pk_host = ANY($4::text[]) ORDER BY pk_host),
+           ARRAY(SELECT int_gpus_idle::bigint FROM host WHERE pk_host = ANY($4::text[]) ORDER BY pk_host),
+           ARRAY(SELECT int_gpu_mem_idle::bigint FROM host WHERE pk_host = ANY($4::text[]) ORDER BY pk_host),
+           extract(epoch FROM now())::float8";
 
 impl Booker {
     pub fn new(settings: DbSettings, managed_mode: bool) -> Booker {
@@ -410,12 +426,14 @@ impl Booker {
             .collect();
         let batch = Batch { show_id: plan.show_id, mem_used_initial: plan.mem_used_initial, update_stat_on_book: plan.update_stat_on_book, frames };
         let charged = self.with_retry(|client, statements| book_frames(client, statements, &batch))?;
+        let charged = self.resolve(charged)?;
         Ok(match charged {
             Charged::NothingStarted => BookOutcome::NothingStarted,
             Charged::Short { host: true, .. } => BookOutcome::HostExhausted,
             Charged::Short { cap: Some((cap, headroom)), .. } => BookOutcome::Refused { cap, headroom },
             Charged::Short { .. } => BookOutcome::NothingStarted,
             Charged::Trigger(outcome) => outcome,
+            Charged::Ambiguous { .. } => BookOutcome::NothingStarted,
             Charged::Booked { frames, hosts, db_time } => {
                 let idle = hosts.into_iter().next().map(|(_, idle)| idle).unwrap_or(IdleValues { cores_idle: 0, mem_idle: 0, gpus_idle: 0, gpu_mem_idle: 0 });
                 BookOutcome::Booked { frames, idle, db_time }
@@ -426,10 +444,54 @@ impl Booker {
     /// Books a batch in one transaction, all or nothing.
     pub fn book_batch(&mut self, batch: &Batch) -> Result<BatchOutcome, DbError> {
         let charged = self.with_retry(|client, statements| book_frames(client, statements, batch))?;
+        let charged = self.resolve(charged)?;
         Ok(match charged {
             Charged::Booked { frames, hosts, db_time } => BatchOutcome::Booked { frames, hosts, db_time },
             _ => BatchOutcome::Conflict,
         })
+    }
+
+    /// Settles an ambiguous commit by reading what the database holds: the booking either
+    /// committed whole (its frames are launched as usual) or not at all. If even that read
+    /// fails, the error goes up and the stranded-booking sweep settles it later (a booked
+    /// frame that RQD does not run is compensated).
+    fn resolve(&mut self, charged: Charged) -> Result<Charged, DbError> {
+        let Charged::Ambiguous { frames, hosts, error } = charged else { return Ok(charged) };
+        self.client = None;
+        warn!("booking: connection lost during COMMIT ({error}); reading back whether {} frames were booked", frames.len());
+        let procs: Vec<&str> = frames.iter().map(|f| f.proc_id.as_str()).collect();
+        let ids: Vec<&str> = frames.iter().map(|f| f.frame_id.as_str()).collect();
+        let versions: Vec<i64> = frames.iter().map(|f| i64::from(f.version)).collect();
+        let mut client = db::connect(&self.settings, "resolve an ambiguous commit")?;
+        let row = client
+            .query_one(RESOLVE_COMMIT_SQL, &[&procs, &ids, &versions, &hosts])
+            .map_err(DbError::query("resolve an ambiguous commit"))?;
+        const CTX: &str = "resolve an ambiguous commit";
+        let found: Vec<String> = col(&row, 0, CTX)?;
+        if found.is_empty() {
+            info!("booking: the lost COMMIT did not happen; nothing was booked");
+            return Ok(Charged::NothingStarted);
+        }
+        if found.len() != frames.len() {
+            // One transaction commits whole; a partial picture means Cuebot already moved some
+            // frames on. Launch what is still ours; the rest is theirs.
+            warn!("booking: the lost COMMIT happened, but only {} of {} frames are still ours", found.len(), frames.len());
+        } else {
+            info!("booking: the lost COMMIT happened; launching the {} frames", found.len());
+        }
+        let ids: Vec<String> = col(&row, 1, CTX)?;
+        let [c, m, g, gm]: [Vec<i64>; 4] = [col(&row, 2, CTX)?, col(&row, 3, CTX)?, col(&row, 4, CTX)?, col(&row, 5, CTX)?];
+        let db_time: f64 = col(&row, 6, CTX)?;
+        let hosts = ids
+            .into_iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let v = |a: &Vec<i64>| a.get(i).copied().unwrap_or(0);
+                (id, IdleValues { cores_idle: v(&c), mem_idle: v(&m), gpus_idle: v(&g), gpu_mem_idle: v(&gm) })
+            })
+            .collect();
+        let frames = frames.into_iter().filter(|f| found.contains(&f.proc_id)).collect();
+        Ok(Charged::Booked { frames, hosts, db_time })
     }
 
     /// Undoes a committed booking whose launch failed or was abandoned: frame back to WAITING
@@ -532,7 +594,13 @@ fn book_frames(client: &mut Client, statements: &Statements, batch: &Batch) -> R
     let ids: Vec<String> = col(&row, 8, CTX)?;
     let [c, m, g, gm]: [Vec<i64>; 4] = [col(&row, 9, CTX)?, col(&row, 10, CTX)?, col(&row, 11, CTX)?, col(&row, 12, CTX)?];
     let db_time: f64 = col(&row, 13, CTX)?;
-    txn.commit().map_err(DbError::query("commit booking"))?;
+    if let Err(e) = txn.commit() {
+        // The server may have committed before the connection went: only a re-read can tell.
+        if e.as_db_error().is_none() {
+            return Ok(Charged::Ambiguous { frames: booked, hosts: hosts.iter().map(|h| h.0.to_string()).collect(), error: e.to_string() });
+        }
+        return Err(DbError::Query { context: "commit booking", source: e });
+    }
     let idle = ids
         .into_iter()
         .enumerate()

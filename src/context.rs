@@ -47,6 +47,10 @@ pub struct Context {
     /// fetcher drains it. `wake_everything` asks for all clusters.
     wake_requests: Mutex<HashSet<String>>,
     wake_everything: AtomicBool,
+    /// Failed compensations, retried by the recovery thread.
+    pub compensation_retries: crate::recovery::Retries,
+    /// Shows of the clusters this instance serves (set at start-up and at each reload).
+    show_ids: RwLock<Vec<String>>,
 }
 
 impl Context {
@@ -75,6 +79,8 @@ impl Context {
             frames_compensated: AtomicU64::new(0),
             wake_requests: Mutex::new(HashSet::new()),
             wake_everything: AtomicBool::new(false),
+            compensation_retries: crate::recovery::Retries::default(),
+            show_ids: RwLock::new(Vec::new()),
         }
     }
 
@@ -173,6 +179,17 @@ impl Context {
         } else {
             Some(set)
         }
+    }
+
+    pub fn set_clusters(&self, clusters: &[crate::model::Cluster]) {
+        let mut shows: Vec<String> = clusters.iter().map(|c| c.show_id.clone()).collect();
+        shows.sort();
+        shows.dedup();
+        *self.show_ids.write() = shows;
+    }
+
+    pub fn show_ids(&self) -> Vec<String> {
+        self.show_ids.read().clone()
     }
 
     pub fn count_error(&self, module: &str) {

@@ -8,14 +8,23 @@ use crate::context::Context;
 use crate::pass::Launch;
 use crate::rqd::{LaunchError, COMPENSATION_KILL_MESSAGE};
 use crossbeam::channel::Receiver;
+use crate::limits;
+use crate::recovery::PendingCompensation;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub fn run_dispatcher(ctx: &Context, launches: Receiver<Launch>) {
     for launch in launches.iter() {
         let past_deadline = ctx.drain_deadline.lock().is_some_and(|deadline| Instant::now() > deadline);
         if past_deadline {
             info!("shutdown deadline passed: compensating frame {} instead of launching it", launch.frame_id);
+            compensate(ctx, &launch);
+            continue;
+        }
+        let waited = launch.booked_at.elapsed();
+        if waited > Duration::from_millis(limits::LAUNCH_QUEUE_AGE_MAX_MS) {
+            // The stranded sweep of any instance may take bookings this old for lost ones.
+            warn!("frame {} waited {waited:?} to be launched; compensating it instead", launch.frame_id);
             compensate(ctx, &launch);
             continue;
         }
@@ -44,18 +53,17 @@ fn launch_failed(ctx: &Context, launch: &Launch, error: &LaunchError) {
 }
 
 fn compensate(ctx: &Context, launch: &Launch) {
-    match ctx.with_booker(|booker| booker.compensate(&launch.frame_id, launch.version, &launch.proc_id, ctx.settings.update_stat_on_book)) {
-        Ok(true) => {
-            ctx.metrics.compensations_total.inc();
-            ctx.frames_compensated.fetch_add(1, Ordering::Relaxed);
-        }
+    match crate::recovery::compensate(ctx, &launch.frame_id, launch.version, &launch.proc_id) {
+        Ok(true) => {}
         Ok(false) => info!("frame {} had already moved on; nothing to compensate", launch.frame_id),
         Err(e) => {
             ctx.count_error("compensation");
-            error!(
-                "compensation of frame {} proc {} on host {} failed: {e}; Cuebot's orphan-proc cleanup will have to release it",
+            warn!(
+                "compensation of frame {} proc {} on host {} failed: {e}; retrying with back-off",
                 launch.frame_id, launch.proc_id, launch.host_name
             );
+            ctx.compensation_retries.push(PendingCompensation::new(&launch.frame_id, launch.version, &launch.proc_id, &launch.host_name));
+            ctx.metrics.compensation_retries_pending.set(ctx.compensation_retries.len() as i64);
         }
     }
 }

@@ -268,6 +268,7 @@ impl<'a> Feed<'a> {
                 warn!("cluster reload failed, keeping the current set: {e}");
             }
             Ok(clusters) => {
+                self.ctx.set_clusters(&clusters);
                 let old: HashSet<&Cluster> = self.slots.iter().map(|s| &s.cluster).collect();
                 let new: HashSet<&Cluster> = clusters.iter().collect();
                 if old == new {

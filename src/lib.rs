@@ -19,6 +19,7 @@ pub mod matcher;
 pub mod metrics;
 pub mod model;
 pub mod queries;
+pub mod recovery;
 pub mod rqd;
 pub mod signals;
 pub mod config;

@@ -123,3 +123,35 @@ pub const DB_TCP_KEEPALIVES_COUNT: u64 = 3;
 
 /// Unacknowledged data on a session's socket for this long ends it (Linux TCP_USER_TIMEOUT).
 pub const DB_TCP_USER_TIMEOUT_MS: u64 = 30_000;
+
+/// Deadline of the ReportStatus call the stranded-booking sweep makes to a host.
+pub const REPORT_STATUS_TIMEOUT_MS: u64 = 2_000;
+
+/// A booked frame that waited this long in the launch queue (RQDs hanging, a slow shutdown) is
+/// compensated instead of launched, so no live instance ever launches a booking older than
+/// this plus the launch attempts (2 × `rqd.launch_timeout`).
+pub const LAUNCH_QUEUE_AGE_MAX_MS: u64 = 20_000;
+
+/// Failed compensations waiting for a retry; past it the oldest is left to the stranded sweep.
+pub const COMPENSATION_RETRIES_MAX: usize = 10_000;
+
+/// Back-off between attempts of one failed compensation: doubling from the first to the last.
+pub const COMPENSATION_RETRY_FIRST_MS: u64 = 100;
+pub const COMPENSATION_RETRY_LAST_MS: u64 = 30_000;
+
+/// A booking whose proc has had no host report (`proc.ts_ping` never moved past `ts_booked`) for
+/// this long, and whose host's RQD does not list its frame, was never launched: it is
+/// compensated. Longer than a live instance can hold a booking unlaunched
+/// (LAUNCH_QUEUE_AGE_MAX_MS + 2 × the launch timeout).
+pub const STRANDED_GRACE_SECS: u64 = 60;
+
+/// ...and when the host's RQD cannot be asked, after this long without a host report (RQD
+/// reports every 5–30 s while a frame runs).
+pub const STRANDED_UNREACHABLE_GRACE_SECS: u64 = 90;
+
+/// The sweep runs at start-up and then this often; with the grace above, a booking left by a
+/// crash is compensated within two minutes of the crash or of the start-up, whichever is later.
+pub const STRANDED_SWEEP_INTERVAL_SECS: u64 = 60;
+
+/// Candidate bookings one sweep looks at.
+pub const STRANDED_SWEEP_ROWS_MAX: i64 = 5_000;

@@ -41,6 +41,9 @@ pub struct Metrics {
     pub accounting_full_reconciles_total: IntCounterVec,
     pub accounting_reconcile_lag_seconds: Histogram,
     pub accounting_drift_corrected_total: IntCounterVec,
+    pub stranded_bookings_recovered_total: IntCounter,
+    pub stranded_sweep_duration_seconds: Histogram,
+    pub compensation_retries_pending: IntGauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -117,6 +120,9 @@ impl Metrics {
             accounting_full_reconciles_total: counter_vec(&r, "scheduler_accounting_full_reconciles_total", "Reconciles of every managed show, by reason (addition)", &["reason"]),
             accounting_reconcile_lag_seconds: histogram(&r, "scheduler_accounting_reconcile_lag_seconds", "From hearing an acct_release to the commit of the reconcile that covered it (addition)", &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             accounting_drift_corrected_total: counter_vec(&r, "scheduler_accounting_drift_corrected_total", "Corrections no notification explained, in core units or GPUs, by table (addition)", &["table", "unit"]),
+            stranded_bookings_recovered_total: counter(&r, "scheduler_stranded_bookings_recovered_total", "Bookings found never launched (crash between commit and launch, lost frame) and compensated (addition)"),
+            stranded_sweep_duration_seconds: histogram(&r, "scheduler_stranded_sweep_duration_seconds", "Duration of each stranded-booking sweep (addition)", &[0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0]),
+            compensation_retries_pending: gauge(&r, "scheduler_compensation_retries_pending", "Failed compensations waiting for a retry (addition)"),
             registry: r,
         }
     }

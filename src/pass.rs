@@ -32,6 +32,10 @@ pub struct Launch {
     pub version: i32,
     pub proc_id: String,
     pub run_frame: RunFrame,
+    /// When the booking committed: a launch that waited longer than
+    /// `limits::LAUNCH_QUEUE_AGE_MAX_MS` is compensated instead (the stranded-booking sweep of
+    /// any instance relies on that bound).
+    pub booked_at: std::time::Instant,
 }
 
 /// A pass handed from the fetcher to a matcher.
@@ -605,6 +609,7 @@ fn launch_booked(
             version: b.version,
             proc_id: b.proc_id.clone(),
             run_frame,
+            booked_at: std::time::Instant::now(),
         };
         ctx.frames_booked.fetch_add(1, Ordering::Relaxed);
         // The dispatchers outlive the matchers, so a send only fails if they died; the

@@ -10,7 +10,8 @@
 //! Shutdown order (`Pipeline::shutdown`): set the stop flag → the fetcher stops emitting and
 //! drops the pass channel → matchers finish the host they are booking and exit → the launch
 //! channel closes → dispatchers launch what is queued until the drain deadline, then
-//! compensate the rest → cache refresher and HTTP server exit. Every thread is joined.
+//! compensate the rest → cache refresher, recovery (one last try of queued compensations),
+//! accounting (reconciles what it heard) and HTTP server exit. Every thread is joined.
 
 use crate::context::Context;
 use crate::db::{self, DbError};
@@ -125,6 +126,7 @@ impl Pipeline {
         if clusters.is_empty() {
             warn!("no clusters selected: nothing will be scheduled until the next cluster reload finds some");
         }
+        ctx.set_clusters(&clusters);
         ctx.clusters_loaded.store(true, Ordering::SeqCst);
         ctx.db_reachable.store(true, Ordering::SeqCst);
         let mut pipeline = Pipeline {
@@ -187,6 +189,8 @@ impl Pipeline {
             let accounting_ctx = Arc::clone(ctx);
             self.background.push(spawn("accounting".into(), move || crate::accounting::run(&accounting_ctx))?);
         }
+        let recovery_ctx = Arc::clone(ctx);
+        self.background.push(spawn("recovery".into(), move || crate::recovery::run(&recovery_ctx))?);
         let refresh_ctx = Arc::clone(ctx);
         self.background.push(spawn("cache-refresh".into(), move || run_cache_refresh(&refresh_ctx))?);
         if let Some(server) = http_server {

@@ -5,7 +5,7 @@
 use crate::frameset::PreparedCommand;
 use crate::limits;
 use crate::model::{Frame, Job, Layer, CORE_UNITS_PER_CORE};
-use crate::protos::rqd::{RqdStaticKillRunningFrameRequest, RqdStaticLaunchFrameRequest, RunFrame};
+use crate::protos::rqd::{RqdStaticKillRunningFrameRequest, RqdStaticLaunchFrameRequest, RqdStaticReportStatusRequest, RunFrame};
 use crate::protos::rqd_grpc::RqdInterfaceClient;
 use grpcio::{CallOption, ChannelBuilder, Environment, RpcStatusCode};
 use parking_lot::Mutex;
@@ -195,6 +195,14 @@ impl RqdClient {
             }
         }
         Err(last.unwrap_or_else(|| LaunchError::Call("no attempt made".into())))
+    }
+
+    /// ReportStatus: the frame ids the host is running now (its HostReport's frames).
+    pub fn running_frames(&self, host: &str) -> Result<Vec<String>, LaunchError> {
+        let request = RqdStaticReportStatusRequest::new();
+        let option = CallOption::default().timeout(Duration::from_millis(limits::REPORT_STATUS_TIMEOUT_MS));
+        let response = self.client(host, false).report_status_opt(&request, option).map_err(launch_error)?;
+        Ok(response.get_host_report().get_frames().iter().map(|f| f.get_frame_id().to_string()).collect())
     }
 
     /// Best-effort KillRunningFrame; NOT_FOUND counts as success.

@@ -41,6 +41,28 @@ pub struct Settings {
     pub cuebot_booking_off: bool,
     /// Reconcile of scheduler-managed shows' rollups (src/accounting.rs).
     pub accounting: crate::config::AccountingConfig,
+    /// The stranded-booking sweep (src/recovery.rs); fixed bounds in production, shorter in tests.
+    pub recovery: RecoverySettings,
+}
+
+#[derive(Clone, Debug)]
+pub struct RecoverySettings {
+    pub first_sweep_delay: Duration,
+    pub sweep_interval: Duration,
+    pub grace: Duration,
+    pub unreachable_grace: Duration,
+}
+
+impl Default for RecoverySettings {
+    fn default() -> Self {
+        use crate::limits::*;
+        RecoverySettings {
+            first_sweep_delay: Duration::from_secs(2),
+            sweep_interval: Duration::from_secs(STRANDED_SWEEP_INTERVAL_SECS),
+            grace: Duration::from_secs(STRANDED_GRACE_SECS),
+            unreachable_grace: Duration::from_secs(STRANDED_UNREACHABLE_GRACE_SECS),
+        }
+    }
 }
 
 /// The settings SIGHUP may change while the pipeline runs.
@@ -162,6 +184,7 @@ impl Settings {
             shutdown_drain_timeout: Duration::from_millis(crate::limits::SHUTDOWN_DRAIN_TIMEOUT_MS),
             cuebot_booking_off: false,
             accounting: config.accounting.clone(),
+            recovery: RecoverySettings::default(),
         })
     }
 }

@@ -4,9 +4,10 @@
 //! scheduler (rqd-protocol.md §6.1: duplicate frame, cores ≤ 0, idle cores), and can be told to
 //! fail or hang per host. Used by the tests, the demo and the benchmarks.
 
+use crate::protos::report::{HostReport, RunningFrameInfo};
 use crate::protos::rqd::{
     RqdStaticKillRunningFrameRequest, RqdStaticKillRunningFrameResponse, RqdStaticLaunchFrameRequest,
-    RqdStaticLaunchFrameResponse, RunFrame,
+    RqdStaticLaunchFrameResponse, RqdStaticReportStatusRequest, RqdStaticReportStatusResponse, RunFrame,
 };
 use crate::protos::rqd_grpc::{create_rqd_interface, RqdInterface};
 use grpcio::{RpcContext, RpcStatus, RpcStatusCode, Server, ServerBuilder, ServerCredentials, UnarySink};
@@ -21,6 +22,9 @@ pub enum Behaviour {
     Fail(RpcStatusCode, String),
     /// Never answers: the caller's deadline fires.
     Hang,
+    /// Accepts the launch and then loses the frame (RQD restarted, the process died before it
+    /// ran): the frame is never reported running and never completes.
+    Vanish,
 }
 
 /// One recorded LaunchFrame.
@@ -38,8 +42,8 @@ struct State {
     launches: Mutex<Vec<Recorded>>,
     kills: Mutex<Vec<(String, String)>>,
     behaviour: Mutex<HashMap<String, Behaviour>>,
-    /// frame id → (host, cores) of frames "running" here.
-    running: Mutex<HashMap<String, (String, i32)>>,
+    /// frame id → (host, cores, proc id) of frames "running" here.
+    running: Mutex<HashMap<String, (String, i32, String)>>,
     /// host → idle core units, when the fake tracks them.
     idle_cores: Mutex<HashMap<String, i64>>,
     hung: Mutex<Vec<UnarySink<RqdStaticLaunchFrameResponse>>>,
@@ -76,6 +80,13 @@ impl RqdInterface for Service {
                 return;
             }
             Behaviour::Fail(code, message) => return reject(&ctx, sink, code, message),
+            Behaviour::Vanish => {
+                self.state.launches.lock().push(Recorded { host, run_frame });
+                ctx.spawn(async move {
+                    let _ = sink.success(RqdStaticLaunchFrameResponse::new()).await;
+                });
+                return;
+            }
             Behaviour::Accept => {}
         }
         let frame_id = run_frame.get_frame_id().to_string();
@@ -99,13 +110,38 @@ impl RqdInterface for Service {
                 *units -= i64::from(cores);
             }
         }
-        self.state.running.lock().insert(frame_id, (host.clone(), cores));
+        self.state.running.lock().insert(frame_id, (host.clone(), cores, run_frame.get_resource_id().to_string()));
         self.state.launches.lock().push(Recorded { host: host.clone(), run_frame: run_frame.clone() });
         if let Some(hook) = self.state.on_launch.lock().as_ref() {
             hook(&host, &run_frame);
         }
         ctx.spawn(async move {
             let _ = sink.success(RqdStaticLaunchFrameResponse::new()).await;
+        });
+    }
+
+    fn report_status(&mut self, ctx: RpcContext, _req: RqdStaticReportStatusRequest, sink: UnarySink<RqdStaticReportStatusResponse>) {
+        let host = authority_host(&ctx);
+        if let Some(Behaviour::Fail(code, message)) = self.state.behaviour.lock().get(&host).cloned() {
+            ctx.spawn(async move {
+                let _ = sink.fail(RpcStatus::with_message(code, message)).await;
+            });
+            return;
+        }
+        let mut report = HostReport::new();
+        for (frame_id, (h, cores, proc_id)) in self.state.running.lock().iter() {
+            if *h == host {
+                let mut info = RunningFrameInfo::new();
+                info.set_frame_id(frame_id.clone());
+                info.set_resource_id(proc_id.clone());
+                info.set_num_cores(*cores);
+                report.mut_frames().push(info);
+            }
+        }
+        let mut response = RqdStaticReportStatusResponse::new();
+        response.set_host_report(report);
+        ctx.spawn(async move {
+            let _ = sink.success(response).await;
         });
     }
 
@@ -201,7 +237,7 @@ pub struct FakeRqdHandle {
 impl FakeRqdHandle {
     /// Forgets a finished frame and gives its cores back.
     pub fn finish(&self, frame_id: &str) {
-        if let Some((host, cores)) = self.state.running.lock().remove(frame_id) {
+        if let Some((host, cores, _)) = self.state.running.lock().remove(frame_id) {
             if let Some(units) = self.state.idle_cores.lock().get_mut(&host) {
                 *units += i64::from(cores);
             }

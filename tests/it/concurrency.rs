@@ -146,6 +146,11 @@ fn a_job_moved_during_booking_is_charged_to_its_new_folder() {
 fn a_booking_and_a_cuebot_order_release_do_not_deadlock() {
     let Some(f) = fix("cc_order", Schema::Real, &["cc-o"]) else { return };
     let ids = seed_job(&f, "showa-order", 4);
+    let deadlocks = |db: &TestDb| -> i64 {
+        let mut c = db.client();
+        c.query_one("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()", &[]).expect("stats").get(0)
+    };
+    let before = deadlocks(&f.db);
     let mut cuebot = f.db.client();
     let mut release = cuebot.transaction().expect("begin release");
     release
@@ -162,6 +167,9 @@ fn a_booking_and_a_cuebot_order_release_do_not_deadlock() {
         b.join().expect("b").expect("book")
     });
     assert_eq!(booked(&outcome), 1);
+    // Whichever side PostgreSQL would have picked as the victim, there must be no deadlock.
+    std::thread::sleep(Duration::from_millis(600)); // statistics are flushed at most twice a second
+    assert_eq!(deadlocks(&f.db), before, "a deadlock between the booking and the release");
 }
 
 /// 12.5: a refusal reports the room the cap had on the locked row, not in a pre-wait snapshot.

@@ -10,4 +10,5 @@ mod binary;
 mod conformance;
 mod scenarios;
 mod explain;
+mod faults;
 mod daemon;

@@ -122,6 +122,7 @@ pub fn settings(db: &TestDb, rqd_port: u16) -> Settings {
         shutdown_drain_timeout: Duration::from_secs(5),
         cuebot_booking_off: false,
         accounting: cue_scheduler::config::AccountingConfig::default(),
+        recovery: cue_scheduler::settings::RecoverySettings::default(),
     }
 }
 
