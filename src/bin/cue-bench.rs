@@ -16,12 +16,15 @@ use postgres::Client;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+#[path = "cue-bench/chaos.rs"]
+mod chaos;
 use std::time::{Duration, Instant};
 
 /// Benchmark the scheduler on the issue-4 workloads.
 #[derive(FromArgs)]
 struct Args {
-    /// workloads, comma-separated: drain, saturation, latency, scale, accounting (default drain,saturation,latency)
+    /// workloads, comma-separated: drain, saturation, latency, scale, accounting, chaos (default drain,saturation,latency)
     #[argh(option, default = "String::from(\"drain,saturation,latency\")")]
     workload: String,
     /// scheduler processes on the same farm (drain and saturation)
@@ -39,6 +42,9 @@ struct Args {
     /// also print the N statements with the most execution time per run
     #[argh(option, default = "0")]
     top: usize,
+    /// seconds of fault injection in the chaos workload
+    #[argh(option, default = "40")]
+    chaos_secs: u64,
     /// directory for configs and scheduler logs
     #[argh(option, default = "String::from(\"bench-out\")")]
     out: String,
@@ -96,6 +102,7 @@ fn run(args: &Args) -> Result<(), String> {
             match workload {
                 "latency" => latency_lines.push(latency(args, &server, schema, &sql)?),
                 "accounting" => latency_lines.extend(accounting(args, &server, schema, &sql)?),
+                "chaos" => latency_lines.extend(chaos::run(args.chaos_secs, &args.out, &server, schema, &sql)?),
                 _ => rows.push(throughput(args, &server, workload, schema, &sql)?),
             }
         }

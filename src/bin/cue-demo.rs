@@ -43,8 +43,8 @@ struct Args {
     /// silent (notifications off), pr2533 (decrements every show) or dec2025
     #[argh(option, default = "String::from(\"notify\")")]
     cuebot_mode: String,
-    /// threads applying Cuebot's release writes (default 8)
-    #[argh(option, default = "8")]
+    /// threads applying Cuebot's release writes (default 24)
+    #[argh(option, default = "24")]
     completer_threads: usize,
 }
 

@@ -48,6 +48,9 @@ struct State {
     idle_cores: Mutex<HashMap<String, i64>>,
     hung: Mutex<Vec<UnarySink<RqdStaticLaunchFrameResponse>>>,
     on_launch: Mutex<Option<LaunchHook>>,
+    /// Launches of a frame this fake was already running (on any of its hosts): a frame
+    /// launched twice at once.
+    duplicates: Mutex<Vec<String>>,
 }
 
 #[derive(Clone)]
@@ -91,6 +94,7 @@ impl RqdInterface for Service {
         }
         let frame_id = run_frame.get_frame_id().to_string();
         if self.state.running.lock().contains_key(&frame_id) {
+            self.state.duplicates.lock().push(frame_id.clone());
             let message = format!("Exception calling application: Not launching, frame is already running on this proc {frame_id}");
             return reject(&ctx, sink, RpcStatusCode::UNKNOWN, message);
         }
@@ -154,7 +158,16 @@ impl RqdInterface for Service {
         let host = authority_host(&ctx);
         let frame_id = req.get_frame_id().to_string();
         self.state.kills.lock().push((host, frame_id.clone()));
-        let known = self.state.running.lock().contains_key(&frame_id);
+        // The frame's process is killed: it no longer runs here (its cores come back).
+        let known = match self.state.running.lock().remove(&frame_id) {
+            Some((h, cores, _)) => {
+                if let Some(units) = self.state.idle_cores.lock().get_mut(&h) {
+                    *units += i64::from(cores);
+                }
+                true
+            }
+            None => false,
+        };
         ctx.spawn(async move {
             let _ = if known {
                 sink.success(RqdStaticKillRunningFrameResponse::new()).await
@@ -221,6 +234,16 @@ impl FakeRqd {
 
     pub fn launch_count(&self) -> usize {
         self.state.launches.lock().len()
+    }
+
+    /// Frames launched while the fake was still running them (each launch counted).
+    pub fn duplicate_launches(&self) -> Vec<String> {
+        self.state.duplicates.lock().clone()
+    }
+
+    /// Frames running now, by frame id.
+    pub fn running_frames(&self) -> Vec<String> {
+        self.state.running.lock().keys().cloned().collect()
     }
 
     pub fn kills(&self) -> Vec<(String, String)> {

@@ -8,4 +8,5 @@ pub mod cuebot;
 pub mod fake_rqd;
 pub mod plot;
 pub mod procs;
+pub mod proxy;
 pub mod workloads;

@@ -8,94 +8,9 @@ use cue_scheduler::metrics::Metrics;
 use cue_scheduler::pipeline::Pipeline;
 use cue_scheduler::sim::fake_rqd::{loopback_address, Behaviour, FakeRqd};
 use cue_scheduler::sim::farm::LayerSpec;
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU8, Ordering};
+use cue_scheduler::sim::proxy::{CommitCutter, CUT_AFTER_COMMIT, CUT_INSTEAD_OF_COMMIT};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// What the proxy does to the next COMMIT a client sends.
-const PASS: u8 = 0;
-/// Forward the COMMIT, let the server commit, then cut the connection before the answer.
-const CUT_AFTER_COMMIT: u8 = 1;
-/// Cut the connection instead of forwarding the COMMIT (the server rolls back).
-const CUT_INSTEAD_OF_COMMIT: u8 = 2;
-
-/// A TCP proxy in front of PostgreSQL that reads the client's protocol messages and can cut
-/// the connection exactly at a COMMIT.
-struct CommitCutter {
-    port: u16,
-    mode: Arc<AtomicU8>,
-}
-
-impl CommitCutter {
-    fn start(upstream_port: u16) -> CommitCutter {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let mode = Arc::new(AtomicU8::new(PASS));
-        let m = Arc::clone(&mode);
-        std::thread::Builder::new()
-            .name("commit-cutter".into())
-            .spawn(move || {
-                for client in listener.incoming().flatten() {
-                    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream_port)) else { continue };
-                    let m = Arc::clone(&m);
-                    std::thread::spawn(move || relay(client, server, &m));
-                }
-            })
-            .expect("spawn");
-        CommitCutter { port, mode }
-    }
-
-    fn arm(&self, mode: u8) {
-        self.mode.store(mode, Ordering::SeqCst);
-    }
-}
-
-fn relay(mut client: TcpStream, server: TcpStream, mode: &AtomicU8) {
-    let (mut up, mut down_from, mut down_to) = (server.try_clone().expect("clone"), server, client.try_clone().expect("clone"));
-    std::thread::spawn(move || {
-        let _ = std::io::copy(&mut down_from, &mut down_to);
-        let _ = down_to.shutdown(Shutdown::Both);
-    });
-    // The startup message has no type byte: a length, then the body.
-    let mut len = [0u8; 4];
-    if client.read_exact(&mut len).is_err() {
-        return;
-    }
-    let mut body = vec![0u8; (u32::from_be_bytes(len) as usize).saturating_sub(4)];
-    if client.read_exact(&mut body).is_err() || up.write_all(&len).is_err() || up.write_all(&body).is_err() {
-        return;
-    }
-    loop {
-        let mut head = [0u8; 5];
-        if client.read_exact(&mut head).is_err() {
-            let _ = up.shutdown(Shutdown::Both);
-            return;
-        }
-        let size = (u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize).saturating_sub(4);
-        let mut body = vec![0u8; size];
-        if client.read_exact(&mut body).is_err() {
-            return;
-        }
-        let is_commit = head[0] == b'Q' && body.starts_with(b"COMMIT");
-        let armed = is_commit && mode.load(Ordering::SeqCst) != PASS;
-        if armed && mode.swap(PASS, Ordering::SeqCst) == CUT_INSTEAD_OF_COMMIT {
-            let _ = up.shutdown(Shutdown::Both);
-            let _ = client.shutdown(Shutdown::Both);
-            return;
-        }
-        if up.write_all(&head).is_err() || up.write_all(&body).is_err() {
-            return;
-        }
-        if armed {
-            std::thread::sleep(Duration::from_millis(300)); // the server commits meanwhile
-            let _ = up.shutdown(Shutdown::Both);
-            let _ = client.shutdown(Shutdown::Both);
-            return;
-        }
-    }
-}
 
 fn cut_commit(mode: u8, test: &str) {
     let Some(db) = TestDb::new(test, Schema::Real) else { return };
@@ -103,7 +18,7 @@ fn cut_commit(mode: u8, test: &str) {
     let o = org(&mut f, 1_000_000);
     let hosts = f.hosts(&[host("cut-h", &o.general_alloc, "general", 8, 32)]).expect("hosts");
     let ids = f.job(&job(&o, "showa-cut", vec![LayerSpec::new("render", "1-4", "general")])).expect("job");
-    let proxy = CommitCutter::start(db.server.port);
+    let proxy = CommitCutter::start(db.server.port).expect("proxy");
     let mut settings = db.db_settings();
     settings.connection_string = settings.connection_string.replace(&format!("port={}", db.server.port), &format!("port={}", proxy.port));
     let mut booker = Booker::new(settings, true);
