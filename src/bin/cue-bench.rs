@@ -529,20 +529,24 @@ fn accounting(args: &Args, server: &Server, schema: &str, sql: &str) -> Result<V
             None => {
                 baseline = Some(release_cpu);
                 format!(
-                    "  {} releases at {achieved:.0}/s, no listener: Cuebot's own release costs {:.3} ms PostgreSQL CPU each (release p99 {:.3} s late)",
+                    "  {} releases at {achieved:.0}/s, no listener: Cuebot's own release costs {:.3} ms PostgreSQL CPU each (release p99 {:.3} s late; each took p50 {:.1} ms / p99 {:.1} ms)",
                     report.released,
                     1000.0 * release_cpu / report.released.max(1) as f64,
-                    report.lateness_percentile(0.99)
+                    report.lateness_percentile(0.99),
+                    report.release_percentile(0.5) * 1000.0,
+                    report.release_percentile(0.99) * 1000.0
                 )
             }
             Some(base) => {
                 let extra = (release_cpu - base * report.released as f64 / per_run.max(1) as f64) / report.released.max(1) as f64;
                 let lags: Vec<String> = lag.iter().map(|(p50, p99)| format!("p50 {:.3} s / p99 {:.3} s", p50, p99)).collect();
                 format!(
-                    "  {} releases at {achieved:.0}/s, {listeners} listening instance(s): extra PostgreSQL CPU {:.3} ms per released frame; reconcile lag {}",
+                    "  {} releases at {achieved:.0}/s, {listeners} listening instance(s): extra PostgreSQL CPU {:.3} ms per released frame; reconcile lag {}; releases took p50 {:.1} ms / p99 {:.1} ms",
                     report.released,
                     1000.0 * extra,
-                    lags.join(", ")
+                    lags.join(", "),
+                    report.release_percentile(0.5) * 1000.0,
+                    report.release_percentile(0.99) * 1000.0
                 )
             }
         };

@@ -237,6 +237,11 @@ fn summarize(
         completions.lateness_percentile(0.99),
         completions.lateness_secs.last().copied().unwrap_or(0.0)
     );
+    println!(
+        "  Cuebot's release transactions took p50 {:.1} ms / p99 {:.1} ms (waits on the scheduler's locks included)",
+        completions.release_percentile(0.5) * 1000.0,
+        completions.release_percentile(0.99) * 1000.0
+    );
     if let Some(e) = completions.errors.first() {
         println!("  simulated Cuebot: {} releases failed, e.g. {e}", completions.errors.len());
     }

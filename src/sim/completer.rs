@@ -34,6 +34,7 @@ struct Shared {
     ready: Condvar,
     stop: AtomicBool,
     lateness_secs: Mutex<Vec<f64>>,
+    release_secs: Mutex<Vec<f64>>,
     errors: Mutex<Vec<String>>,
     released: Mutex<u64>,
     on_done: Option<DoneHook>,
@@ -50,17 +51,27 @@ pub struct CompleterReport {
     pub released: u64,
     /// Seconds each completion started after its due time, sorted.
     pub lateness_secs: Vec<f64>,
+    /// Seconds each release (Cuebot's two transactions) took, sorted: its waits on locks the
+    /// scheduler holds show here.
+    pub release_secs: Vec<f64>,
     pub errors: Vec<String>,
 }
 
 impl CompleterReport {
     pub fn lateness_percentile(&self, p: f64) -> f64 {
-        let v = &self.lateness_secs;
-        if v.is_empty() {
-            return 0.0;
-        }
-        v[((v.len() as f64 - 1.0) * p).round() as usize]
+        percentile(&self.lateness_secs, p)
     }
+
+    pub fn release_percentile(&self, p: f64) -> f64 {
+        percentile(&self.release_secs, p)
+    }
+}
+
+fn percentile(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
 impl Completer {
@@ -77,6 +88,7 @@ impl Completer {
             ready: Condvar::new(),
             stop: AtomicBool::new(false),
             lateness_secs: Mutex::new(Vec::new()),
+            release_secs: Mutex::new(Vec::new()),
             errors: Mutex::new(Vec::new()),
             released: Mutex::new(0),
             on_done,
@@ -122,7 +134,14 @@ impl Completer {
         }
         let mut lateness = self.shared.lateness_secs.lock().clone();
         lateness.sort_by(|a, b| a.total_cmp(b));
-        CompleterReport { released: *self.shared.released.lock(), lateness_secs: lateness, errors: self.shared.errors.lock().clone() }
+        let mut release = self.shared.release_secs.lock().clone();
+        release.sort_by(|a, b| a.total_cmp(b));
+        CompleterReport {
+            released: *self.shared.released.lock(),
+            lateness_secs: lateness,
+            release_secs: release,
+            errors: self.shared.errors.lock().clone(),
+        }
     }
 }
 
@@ -150,7 +169,10 @@ fn work(shared: &Shared, cuebot: &Cuebot, rqd: Option<&FakeRqdHandle>, mut clien
         let Some(Reverse((due, _, frame_id, proc_id, exit_status))) = job else { continue };
         shared.lateness_secs.lock().push(Instant::now().saturating_duration_since(due).as_secs_f64());
         let done = Completion { exit_status, run_secs: 1, max_rss_kib: 1_048_576 };
-        match cuebot.complete_frame(&mut client, &frame_id, &proc_id, done) {
+        let started = Instant::now();
+        let result = cuebot.complete_frame(&mut client, &frame_id, &proc_id, done);
+        shared.release_secs.lock().push(started.elapsed().as_secs_f64());
+        match result {
             Ok(released) => {
                 *shared.released.lock() += 1;
                 if let Some(hook) = &shared.on_done {

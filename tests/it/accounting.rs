@@ -499,3 +499,41 @@ fn a_fractional_reservation_comes_out_exact() {
     assert!(exact, "exact within 1 s of the release: {:?}", rollup_violations(&f.db));
     eprintln!("fractional release reconciled in {took:?}");
 }
+
+/// A raised cap (`acct_limit_change`) and a reconciled release wake the clusters they affect:
+/// the waiting work books within a second although the cluster sleeps for a minute.
+#[test]
+fn cap_changes_and_releases_wake_sleeping_clusters_within_a_second() {
+    let Some(f) = farm("acct_wake", Schema::Project, 65, 2, 6) else { return };
+    let mut c = f.db.client();
+    // One job only, capped at one core: one frame runs, the rest wait on the cap.
+    c.execute("UPDATE job SET b_paused = true WHERE pk_job = $1", &[&f.jobs[1]]).expect("pause");
+    c.execute("UPDATE job_resource SET int_max_cores = 100 WHERE pk_job = $1", &[&f.jobs[0]]).expect("cap");
+    let cuebot = Cuebot::new(Mode::Notify);
+    let mut s = settings(&f.db, f.rqd.port);
+    s.tunables.cluster_empty_sleep = Duration::from_secs(60);
+    s.tunables.cluster_saturated_sleep = Duration::from_secs(60);
+    s.tunables.active_scan_interval = Duration::from_secs(60);
+    s.accounting.recompute_interval = Duration::from_secs(3600);
+    let pipeline = Pipeline::start(s, Arc::new(Metrics::new())).expect("start");
+    assert!(wait_for(Duration::from_secs(10), || f.rqd.launch_count() == 1), "one frame under the cap");
+    std::thread::sleep(Duration::from_secs(1)); // the cluster has gone to sleep
+    assert_eq!(f.rqd.launch_count(), 1);
+    // The admin raises the cap to two cores: one more frame within a second.
+    let raised = Instant::now();
+    cuebot.set_job_max_cores(&mut c, &f.jobs[0], 200).expect("raise");
+    let woke = wait_for(Duration::from_secs(1), || f.rqd.launch_count() == 2);
+    let after_raise = raised.elapsed();
+    // A frame ends (managed release: no rollup writes); once reconciled, the freed room is used.
+    let first = f.rqd.launches()[0].run_frame.clone();
+    let released = Instant::now();
+    cuebot
+        .complete_frame(&mut c, first.get_frame_id(), first.get_resource_id(), cue_scheduler::sim::cuebot::Completion { exit_status: 0, run_secs: 1, max_rss_kib: 0 })
+        .expect("release");
+    let refilled = wait_for(Duration::from_secs(1), || f.rqd.launch_count() == 3);
+    let after_release = released.elapsed();
+    pipeline.shutdown(Duration::from_secs(5));
+    assert!(woke, "a raised cap booked waiting work within 1 s ({after_raise:?})");
+    assert!(refilled, "a release booked waiting work within 1 s ({after_release:?})");
+    eprintln!("woken by the cap change after {after_raise:?}, by the release after {after_release:?}");
+}
