@@ -651,6 +651,7 @@ struct Worker<'a> {
     last_managed_read: Option<Instant>,
     retry_pause: Duration,
     last_full_reason: Option<FullReason>,
+    last_coarse: Instant,
 }
 
 impl<'a> Worker<'a> {
@@ -670,6 +671,7 @@ impl<'a> Worker<'a> {
             last_managed_read: None,
             retry_pause: Duration::from_millis(limits::ACCOUNTING_RETRY_MIN_MS),
             last_full_reason: None,
+            last_coarse: Instant::now(),
         }
     }
 
@@ -679,6 +681,8 @@ impl<'a> Worker<'a> {
 
     fn run(&mut self) {
         while !self.ctx.stopping() {
+            self.ctx.beat();
+            self.ctx.test_panic_hook();
             if self.listener.as_ref().is_none_or(|c| c.is_closed()) && !self.connect_listener() {
                 self.sleep_until_retry();
                 continue;
@@ -865,6 +869,12 @@ impl<'a> Worker<'a> {
         if self.pending.is_empty() {
             return;
         }
+        // Subscription, folder and point rows sum every proc of a show: reconcile them at most
+        // every ACCOUNTING_COARSE_MIN_MS, the per-layer and per-job rows at once.
+        let coarse_due = self.last_coarse.elapsed() >= Duration::from_millis(limits::ACCOUNTING_COARSE_MIN_MS);
+        if !coarse_due && self.pending.layers.is_empty() && self.pending.jobs.is_empty() {
+            return;
+        }
         let mut keys = std::mem::take(&mut self.pending);
         let started = Instant::now();
         // Folders and points where the released jobs live now (a job may have moved since).
@@ -877,17 +887,32 @@ impl<'a> Worker<'a> {
                 keys.folders.insert(r.get(0));
                 keys.points.insert((r.get(1), r.get(2)));
             }
-            reconcile(c, &keys)
+            if coarse_due {
+                reconcile(c, &keys)
+            } else {
+                let fine = Keys { layers: std::mem::take(&mut keys.layers), jobs: std::mem::take(&mut keys.jobs), ..Keys::default() };
+                let done = reconcile(c, &fine);
+                if done.is_err() {
+                    keys.extend(fine);
+                }
+                done
+            }
         });
+        // What was not reconciled now (coarse rows not due yet) waits in `pending`.
+        let deferred = if coarse_due { Keys::default() } else { std::mem::take(&mut keys) };
         match result {
             Ok(done) => {
                 let now = Instant::now();
-                if done.skipped.is_empty() {
+                self.pending.extend(deferred);
+                if coarse_due {
+                    self.last_coarse = now;
+                }
+                if done.skipped.is_empty() && coarse_due {
                     for heard in self.heard.drain(..) {
                         self.ctx.metrics.accounting_reconcile_lag_seconds.observe(now.duration_since(heard).as_secs_f64());
                     }
                     self.retry_pause = Duration::from_millis(limits::ACCOUNTING_RETRY_MIN_MS);
-                } else {
+                } else if !done.skipped.is_empty() {
                     self.retry_pause = (self.retry_pause * 2).min(Duration::from_millis(limits::ACCOUNTING_RETRY_MAX_MS));
                 }
                 self.pending.extend(done.skipped.clone());
@@ -899,6 +924,7 @@ impl<'a> Worker<'a> {
                 warn!("accounting: reconcile failed, will retry: {e}");
                 self.reconciler = None;
                 self.pending.extend(keys);
+                self.pending.extend(deferred);
                 self.sleep_until_retry();
             }
         }

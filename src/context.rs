@@ -51,6 +51,10 @@ pub struct Context {
     pub compensation_retries: crate::recovery::Retries,
     /// Shows of the clusters this instance serves (set at start-up and at each reload).
     show_ids: RwLock<Vec<String>>,
+    /// Pipeline threads: name -> last sign of progress. A thread that dies is recorded in
+    /// `dead_thread`, and the process stops (exit code 70) so its supervisor restarts it.
+    heartbeats: Mutex<std::collections::HashMap<String, Instant>>,
+    dead_thread: Mutex<Option<String>>,
 }
 
 impl Context {
@@ -81,6 +85,8 @@ impl Context {
             wake_everything: AtomicBool::new(false),
             compensation_retries: crate::recovery::Retries::default(),
             show_ids: RwLock::new(Vec::new()),
+            heartbeats: Mutex::new(std::collections::HashMap::new()),
+            dead_thread: Mutex::new(None),
         }
     }
 
@@ -190,6 +196,69 @@ impl Context {
 
     pub fn show_ids(&self) -> Vec<String> {
         self.show_ids.read().clone()
+    }
+
+    /// The calling thread shows it is making progress (or waiting for work, which is fine).
+    pub fn beat(&self) {
+        if let Some(name) = std::thread::current().name() {
+            self.heartbeats.lock().insert(name.to_string(), Instant::now());
+        }
+    }
+
+    /// The calling thread ended (normally or not): it is no longer watched for stalls.
+    pub fn forget_heartbeat(&self) {
+        if let Some(name) = std::thread::current().name() {
+            self.heartbeats.lock().remove(name);
+        }
+    }
+
+    /// A pipeline thread died: /readyz says so, the metric counts it, and the process stops.
+    pub fn thread_died(&self, name: &str, why: &str) {
+        self.metrics.thread_deaths_total.with_label_values(&[name]).inc();
+        error!("thread {name} died ({why}); stopping so that the service manager restarts the scheduler");
+        self.dead_thread.lock().get_or_insert_with(|| name.to_string());
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    pub fn dead_thread(&self) -> Option<String> {
+        self.dead_thread.lock().clone()
+    }
+
+    /// Ready: database reachable, clusters loaded, no pipeline thread dead or stalled.
+    pub fn readiness(&self) -> Result<(), String> {
+        if let Some(name) = self.dead_thread() {
+            return Err(format!("thread {name} died"));
+        }
+        let stalled: Vec<String> = self
+            .heartbeats
+            .lock()
+            .iter()
+            .filter(|(_, t)| t.elapsed() > std::time::Duration::from_secs(limits::THREAD_STALL_SECS))
+            .map(|(n, t)| format!("{n} (no progress for {:.0} s)", t.elapsed().as_secs_f64()))
+            .collect();
+        if !stalled.is_empty() {
+            return Err(format!("stalled threads: {}", stalled.join(", ")));
+        }
+        let db = self.db_reachable.load(Ordering::Relaxed);
+        let clusters = self.clusters_loaded.load(Ordering::Relaxed);
+        if db && clusters {
+            Ok(())
+        } else {
+            Err(format!("database_reachable={db} clusters_loaded={clusters}"))
+        }
+    }
+
+    /// Test hook (debug builds only): panics the calling thread when
+    /// `CUE_SCHEDULER_TEST_PANIC_THREAD` names it, to prove supervision works. Release builds
+    /// never read the variable.
+    pub fn test_panic_hook(&self) {
+        if cfg!(debug_assertions) {
+            if let (Ok(target), Some(name)) = (std::env::var("CUE_SCHEDULER_TEST_PANIC_THREAD"), std::thread::current().name()) {
+                if target == name {
+                    panic!("test hook: CUE_SCHEDULER_TEST_PANIC_THREAD={target}");
+                }
+            }
+        }
     }
 
     pub fn count_error(&self, module: &str) {

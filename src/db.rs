@@ -8,8 +8,57 @@ use r2d2_postgres::PostgresConnectionManager;
 use std::fmt;
 use std::time::Duration;
 
-pub type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
-pub type PooledClient = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
+pub type Pool = r2d2::Pool<Manager>;
+pub type PooledClient = r2d2::PooledConnection<Manager>;
+
+/// `postgres::Config::connect` panics when it cannot create its internal runtime (out of file
+/// descriptors: "Too many open files"). Every connect of ours goes through this, which turns
+/// that panic into an error.
+fn connect_guarded(config: &postgres::Config) -> Result<Client, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.connect(NoTls))) {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panic".into());
+            Err(format!("cannot set up the connection (out of file descriptors?): {why}"))
+        }
+    }
+}
+
+/// The pool's connection manager: r2d2_postgres's, with the panic of `connect_guarded` caught.
+pub struct Manager(PostgresConnectionManager<NoTls>, postgres::Config);
+
+#[derive(Debug)]
+pub struct ManagerError(String);
+
+impl fmt::Display for ManagerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ManagerError {}
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = Client;
+    type Error = ManagerError;
+
+    fn connect(&self) -> Result<Client, ManagerError> {
+        connect_guarded(&self.1).map_err(ManagerError)
+    }
+
+    fn is_valid(&self, conn: &mut Client) -> Result<(), ManagerError> {
+        self.0.is_valid(conn).map_err(|e| ManagerError(e.to_string()))
+    }
+
+    fn has_broken(&self, conn: &mut Client) -> bool {
+        self.0.has_broken(conn)
+    }
+}
 
 /// Every database failure, with what we were doing when it happened.
 #[derive(Debug)]
@@ -117,9 +166,7 @@ pub fn session_options() -> String {
 }
 
 pub fn connect(settings: &DbSettings, context: &'static str) -> Result<Client, DbError> {
-    pg_config(settings)?
-        .connect(NoTls)
-        .map_err(|e| DbError::Connect { context, message: format!("{} ({})", e, settings.display) })
+    connect_guarded(&pg_config(settings)?).map_err(|e| DbError::Connect { context, message: format!("{e} ({})", settings.display) })
 }
 
 /// A dedicated connection with its own `application_name`, so operators (and tests) can find it
@@ -127,11 +174,12 @@ pub fn connect(settings: &DbSettings, context: &'static str) -> Result<Client, D
 pub fn connect_as(settings: &DbSettings, context: &'static str, application_name: &str) -> Result<Client, DbError> {
     let mut config = pg_config(settings)?;
     config.application_name(application_name);
-    config.connect(NoTls).map_err(|e| DbError::Connect { context, message: format!("{} ({})", e, settings.display) })
+    connect_guarded(&config).map_err(|e| DbError::Connect { context, message: format!("{e} ({})", settings.display) })
 }
 
 pub fn pool(settings: &DbSettings) -> Result<Pool, DbError> {
-    let manager = PostgresConnectionManager::new(pg_config(settings)?, NoTls);
+    let config = pg_config(settings)?;
+    let manager = Manager(PostgresConnectionManager::new(config.clone(), NoTls), config);
     r2d2::Pool::builder()
         .max_size(settings.pool_size)
         .min_idle(Some(1))

@@ -185,6 +185,8 @@ impl<'a> Feed<'a> {
     pub fn run(mut self, passes: Sender<Pass>, done: Receiver<PassDone>) {
         info!("job fetcher started with {} clusters", self.slots.len());
         while !self.ctx.stopping() {
+            self.ctx.beat();
+            self.ctx.test_panic_hook();
             self.settle(&done);
             self.maintain();
             let Some(index) = self.pick() else {

@@ -41,8 +41,32 @@ pub const UNLAUNCHABLE_FRAMES_MAX: usize = 100_000;
 pub const RQD_CHANNELS_MAX: usize = 4_096;
 
 /// The metrics/health HTTP server answers only bodiless GETs: a request announcing a larger
-/// body is refused with 413.
+/// body is refused with 413 (and the body is never read).
 pub const HTTP_REQUEST_BYTES_MAX: usize = 8 * 1024;
+
+/// A request head (request line and headers) longer than this is refused with 431.
+pub const HTTP_HEAD_BYTES_MAX: usize = 8 * 1024;
+
+/// Open HTTP connections at most; a new one evicts the oldest that has not sent a whole
+/// request. Prometheus needs one; the rest is room for probes and people.
+pub const HTTP_CONNECTIONS_MAX: usize = 64;
+
+/// A connection must send its whole request head within this time...
+pub const HTTP_READ_TIMEOUT_MS: u64 = 2_000;
+
+/// ...and take its whole answer within this one.
+pub const HTTP_WRITE_TIMEOUT_MS: u64 = 5_000;
+
+/// Connections accepted per round of the event loop, so a flood cannot starve the rest.
+pub const HTTP_ACCEPTS_PER_ROUND_MAX: usize = 64;
+
+/// Pause of the accept loop after a failed accept (EMFILE, ENFILE, ENOBUFS).
+pub const HTTP_ACCEPT_ERROR_PAUSE_MS: u64 = 100;
+
+/// A pipeline thread that has not reported progress for this long is reported stalled by
+/// /readyz. Its longest legitimate silence is an RQD launch (2 × rqd.launch_timeout) or one
+/// pass.
+pub const THREAD_STALL_SECS: u64 = 60;
 
 /// Period of the fetcher's wake probe: one aggregate over pending jobs whose change (more
 /// waiting frames, a new job) triggers an immediate awake scan. It bounds first-dispatch latency
@@ -155,3 +179,8 @@ pub const STRANDED_SWEEP_INTERVAL_SECS: u64 = 60;
 
 /// Candidate bookings one sweep looks at.
 pub const STRANDED_SWEEP_ROWS_MAX: i64 = 5_000;
+
+/// Subscription, folder and point rows sum every proc of a show (tens of thousands on a big
+/// show), so notified releases reconcile them at most this often; layer and job rows, whose
+/// sums are small, are reconciled as soon as the coalescing window closes.
+pub const ACCOUNTING_COARSE_MIN_MS: u64 = 250;

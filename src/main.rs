@@ -123,7 +123,7 @@ fn run(config: &Config, cli: &Cli) -> ExitCode {
         }
     };
     if let Some(port) = pipeline.metrics_port {
-        info!("metrics on http://0.0.0.0:{port}/metrics");
+        info!("metrics on http://{}:{port}/metrics", pipeline.ctx.settings.metrics_address);
     }
     let mut current = config.clone();
     loop {
@@ -147,7 +147,12 @@ fn run(config: &Config, cli: &Cli) -> ExitCode {
             }
         }
     }
+    let ctx = Arc::clone(&pipeline.ctx);
     pipeline.shutdown(drain);
+    if let Some(thread) = ctx.dead_thread() {
+        error!("exiting with status 70: thread {thread} died");
+        return ExitCode::from(70);
+    }
     ExitCode::SUCCESS
 }
 

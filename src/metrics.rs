@@ -44,6 +44,9 @@ pub struct Metrics {
     pub stranded_bookings_recovered_total: IntCounter,
     pub stranded_sweep_duration_seconds: Histogram,
     pub compensation_retries_pending: IntGauge,
+    pub http_connections_open: IntGauge,
+    pub http_connections_dropped_total: IntCounterVec,
+    pub thread_deaths_total: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -123,6 +126,9 @@ impl Metrics {
             stranded_bookings_recovered_total: counter(&r, "scheduler_stranded_bookings_recovered_total", "Bookings found never launched (crash between commit and launch, lost frame) and compensated (addition)"),
             stranded_sweep_duration_seconds: histogram(&r, "scheduler_stranded_sweep_duration_seconds", "Duration of each stranded-booking sweep (addition)", &[0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0]),
             compensation_retries_pending: gauge(&r, "scheduler_compensation_retries_pending", "Failed compensations waiting for a retry (addition)"),
+            http_connections_open: gauge(&r, "scheduler_http_connections_open", "Open connections to the metrics/health endpoint (addition)"),
+            http_connections_dropped_total: counter_vec(&r, "scheduler_http_connections_dropped_total", "HTTP connections closed for room: evicted (oldest unfinished) or full (addition)", &["reason"]),
+            thread_deaths_total: counter_vec(&r, "scheduler_thread_deaths_total", "Pipeline threads that died (panicked or returned early), by thread (addition)", &["thread"]),
             registry: r,
         }
     }

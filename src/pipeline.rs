@@ -69,8 +69,35 @@ pub struct Pipeline {
     background: Vec<JoinHandle<()>>,
 }
 
-fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, StartError> {
-    std::thread::Builder::new().name(name).spawn(f).map_err(StartError::Thread)
+/// Starts a named pipeline thread under supervision: if it panics, or returns while the
+/// pipeline is not stopping, the context records the death (/readyz 503, a metric) and stops
+/// the process, which exits 70 so that systemd (Restart=on-failure) starts a fresh one. A
+/// restart of the whole process is chosen over restarting the thread: a thread that died
+/// mid-pass may leave in-memory state (cache checkouts, in-flight clusters) half updated, and
+/// every committed booking is launched or compensated by the shutdown and the stranded sweep.
+fn spawn(ctx: &Arc<Context>, name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, StartError> {
+    let ctx = Arc::clone(ctx);
+    let thread_name = name.clone();
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            ctx.beat();
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            ctx.forget_heartbeat();
+            match outcome {
+                Err(panic) => {
+                    let why = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "panic".into());
+                    ctx.thread_died(&thread_name, &format!("panicked: {why}"));
+                }
+                Ok(()) if !ctx.stopping() => ctx.thread_died(&thread_name, "returned while the pipeline was running"),
+                Ok(()) => {}
+            }
+        })
+        .map_err(StartError::Thread)
 }
 
 impl Pipeline {
@@ -101,7 +128,7 @@ impl Pipeline {
             }
         };
         let http_server = match settings.metrics_port {
-            Some(port) => match http::bind(port) {
+            Some(port) => match http::bind(&settings.metrics_address, port) {
                 Ok(server) => Some(server),
                 Err(e) => {
                     // §6.1: a failed bind is logged and scheduling continues.
@@ -111,7 +138,7 @@ impl Pipeline {
             },
             None => None,
         };
-        let metrics_port = http_server.as_ref().and_then(|s| s.server_addr().to_ip().map(|a| a.port()));
+        let metrics_port = http_server.as_ref().and_then(|s| s.local_addr().map(|a| a.port()));
         let ctx = Arc::new(Context::new(settings, metrics, pool, managed_mode));
         let clusters = feed::load_clusters(&ctx, &mut client, facility_id.as_deref()).map_err(StartError::Clusters)?;
         drop(client);
@@ -146,9 +173,10 @@ impl Pipeline {
         &mut self,
         clusters: Vec<Cluster>,
         facility_id: Option<String>,
-        http_server: Option<tiny_http::Server>,
+        http_server: Option<http::Server>,
     ) -> Result<(), StartError> {
         let ctx = &self.ctx;
+        let owner = Arc::clone(ctx);
         let settings = &ctx.settings;
         let (pass_tx, pass_rx) = bounded::<Pass>(limits::PASS_CHANNEL_CAPACITY);
         let (launch_tx, launch_rx) = bounded::<Launch>(limits::LAUNCH_CHANNEL_CAPACITY);
@@ -156,13 +184,13 @@ impl Pipeline {
         let (done_tx, done_rx) = unbounded::<PassDone>();
         for n in 0..settings.dispatch_threads {
             let (ctx, rx) = (Arc::clone(ctx), launch_rx.clone());
-            self.dispatchers.push(spawn(format!("dispatch-{n}"), move || dispatch::run_dispatcher(&ctx, rx))?);
+            self.dispatchers.push(spawn(&owner, format!("dispatch-{n}"), move || dispatch::run_dispatcher(&ctx, rx))?);
         }
         drop(launch_rx);
         for n in 0..settings.cluster_buffer_size {
             let (ctx, rx, tx, done) = (Arc::clone(ctx), pass_rx.clone(), launch_tx.clone(), done_tx.clone());
             let threads = settings.matcher_threads;
-            self.matchers.push(spawn(format!("matcher-{n}"), move || {
+            self.matchers.push(spawn(&owner, format!("matcher-{n}"), move || {
                 let pool = rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)
                     .thread_name(move |i| format!("matcher-pool-{n}-{i}"))
@@ -174,7 +202,14 @@ impl Pipeline {
                         return;
                     }
                 };
-                for pass in rx.iter() {
+                loop {
+                    ctx.beat();
+                    ctx.test_panic_hook();
+                    let pass = match rx.recv_timeout(Duration::from_millis(limits::SHUTDOWN_POLL_MS * 10)) {
+                        Ok(pass) => pass,
+                        Err(crossbeam::channel::RecvTimeoutError::Timeout) => continue,
+                        Err(crossbeam::channel::RecvTimeoutError::Disconnected) => break,
+                    };
                     let result = pool.install(|| pass::run_pass(&ctx, &pass, &tx));
                     let _ = done.send(PassDone { cluster: pass.cluster, result });
                 }
@@ -182,20 +217,20 @@ impl Pipeline {
         }
         drop((pass_rx, launch_tx, done_tx));
         let feed_ctx = Arc::clone(ctx);
-        self.fetcher = Some(spawn("job-fetcher".into(), move || {
+        self.fetcher = Some(spawn(&owner, "job-fetcher".into(), move || {
             Feed::new(&feed_ctx, facility_id, clusters).run(pass_tx, done_rx);
         })?);
         if ctx.managed_mode {
             let accounting_ctx = Arc::clone(ctx);
-            self.background.push(spawn("accounting".into(), move || crate::accounting::run(&accounting_ctx))?);
+            self.background.push(spawn(&owner, "accounting".into(), move || crate::accounting::run(&accounting_ctx))?);
         }
         let recovery_ctx = Arc::clone(ctx);
-        self.background.push(spawn("recovery".into(), move || crate::recovery::run(&recovery_ctx))?);
+        self.background.push(spawn(&owner, "recovery".into(), move || crate::recovery::run(&recovery_ctx))?);
         let refresh_ctx = Arc::clone(ctx);
-        self.background.push(spawn("cache-refresh".into(), move || run_cache_refresh(&refresh_ctx))?);
+        self.background.push(spawn(&owner, "cache-refresh".into(), move || run_cache_refresh(&refresh_ctx))?);
         if let Some(server) = http_server {
             let http_ctx = Arc::clone(ctx);
-            self.background.push(spawn("metrics-http".into(), move || http::serve(&http_ctx, server))?);
+            self.background.push(spawn(&owner, "metrics-http".into(), move || http::serve(&http_ctx, server))?);
         }
         Ok(())
     }
@@ -270,6 +305,8 @@ fn run_cache_refresh(ctx: &Context) {
     let mut last_clean = Instant::now();
     while !ctx.stopping() {
         std::thread::sleep(Duration::from_millis(limits::SHUTDOWN_POLL_MS));
+        ctx.beat();
+        ctx.test_panic_hook();
         let settings = ctx.tunables().clone();
         if last_refresh.elapsed() >= settings.monitoring_interval {
             last_refresh = Instant::now();

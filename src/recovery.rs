@@ -103,6 +103,8 @@ pub fn run(ctx: &Context) {
     let mut next_sweep = Instant::now() + ctx.settings.recovery.first_sweep_delay;
     while !ctx.stopping() {
         std::thread::sleep(Duration::from_millis(limits::SHUTDOWN_POLL_MS));
+        ctx.beat();
+        ctx.test_panic_hook();
         retry_due(ctx);
         ctx.metrics.compensation_retries_pending.set(ctx.compensation_retries.len() as i64);
         if sweep_on && Instant::now() >= next_sweep {

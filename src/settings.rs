@@ -35,6 +35,8 @@ pub struct Settings {
     pub cluster_buffer_size: usize,
     /// `None`: no HTTP server (tests that do not need one).
     pub metrics_port: Option<u16>,
+    /// Address the HTTP server binds (`queue.metrics_address`; all interfaces by default).
+    pub metrics_address: String,
     pub shutdown_drain_timeout: Duration,
     /// Schemas without `show.b_scheduler_managed`: the operator confirms Cuebot books nothing
     /// (`dispatcher.turn_off_booking=true`), so discovering every cluster is safe.
@@ -181,6 +183,7 @@ impl Settings {
             matcher_threads: q.worker_threads.max(1),
             cluster_buffer_size: q.stream.cluster_buffer_size.max(1),
             metrics_port: Some(q.metrics_port),
+            metrics_address: "0.0.0.0".into(),
             shutdown_drain_timeout: Duration::from_millis(crate::limits::SHUTDOWN_DRAIN_TIMEOUT_MS),
             cuebot_booking_off: false,
             accounting: config.accounting.clone(),

@@ -445,7 +445,7 @@ fn accounting(args: &Args, server: &Server, schema: &str, sql: &str) -> Result<V
         .collect();
     let mut client = server.connect(&db)?;
     let full = |client: &mut Client, what: &str| -> Result<String, String> {
-        let cpu = procs::postgres_cpu_secs(&[poller_pid]);
+        let cpu = procs::cluster_cpu_secs(poller_pid, &[poller_pid]);
         let t = Instant::now();
         let keys = cue_scheduler::accounting::drift_keys(client, &shows).map_err(|e| e.to_string())?;
         let found = t.elapsed().as_secs_f64();
@@ -456,7 +456,7 @@ fn accounting(args: &Args, server: &Server, schema: &str, sql: &str) -> Result<V
             found * 1000.0,
             keys.len(),
             done.corrections.len(),
-            (procs::postgres_cpu_secs(&[poller_pid]) - cpu) * 1000.0
+            (procs::cluster_cpu_secs(poller_pid, &[poller_pid]) - cpu) * 1000.0
         ))
     };
     out.push(full(&mut client, "nothing drifted")?);
@@ -477,7 +477,7 @@ fn accounting(args: &Args, server: &Server, schema: &str, sql: &str) -> Result<V
     out.push(full(&mut client, &format!("after {silent} silent (mode c) releases"))?);
     // Releases at a sustained rate with 0, 1 and 3 listening instances; nothing else books.
     client.batch_execute("UPDATE job SET b_paused = true").map_err(|e| e.to_string())?;
-    let rate = 500.0 / shrink as f64;
+    let rate = 500.0;
     let window = Duration::from_secs(10);
     let per_run = (rate * window.as_secs_f64()) as usize;
     let mut baseline: Option<f64> = None;
@@ -485,9 +485,9 @@ fn accounting(args: &Args, server: &Server, schema: &str, sql: &str) -> Result<V
         let mut instances = start_instances(args, server, &db, &format!("accounting-listen{listeners}-{schema}"), listeners)?;
         std::thread::sleep(Duration::from_secs(3)); // connected, start-up reconcile done
         let idle_cpu = {
-            let cpu = procs::postgres_cpu_secs(&[poller_pid]);
+            let cpu = procs::cluster_cpu_secs(poller_pid, &[poller_pid]);
             std::thread::sleep(window);
-            procs::postgres_cpu_secs(&[poller_pid]) - cpu
+            procs::cluster_cpu_secs(poller_pid, &[poller_pid]) - cpu
         };
         let victims: Vec<(String, String)> = poller
             .query(
@@ -500,7 +500,7 @@ fn accounting(args: &Args, server: &Server, schema: &str, sql: &str) -> Result<V
             .collect();
         let (srv, name) = (server.clone(), db.clone());
         let completer = Completer::start(8, Arc::new(Cuebot::new(Mode::Notify)), None, move || srv.connect(&name), None)?;
-        let cpu = procs::postgres_cpu_secs(&[poller_pid]);
+        let cpu = procs::cluster_cpu_secs(poller_pid, &[poller_pid]);
         let t0 = Instant::now() + Duration::from_millis(100);
         for (i, (frame, proc_id)) in victims.iter().enumerate() {
             completer.schedule(t0 + Duration::from_secs_f64(i as f64 / rate), frame, proc_id, 0);
@@ -511,7 +511,7 @@ fn accounting(args: &Args, server: &Server, schema: &str, sql: &str) -> Result<V
         }
         std::thread::sleep(Duration::from_millis(500)); // the last reconciles
         let busy_secs = t0.elapsed().as_secs_f64();
-        let busy_cpu = procs::postgres_cpu_secs(&[poller_pid]) - cpu;
+        let busy_cpu = procs::cluster_cpu_secs(poller_pid, &[poller_pid]) - cpu;
         let report = completer.stop();
         let idle_scaled = idle_cpu * busy_secs / window.as_secs_f64();
         let release_cpu = busy_cpu - idle_scaled;

@@ -97,6 +97,34 @@ pub fn postgres_cpu_secs(exclude: &[i32]) -> f64 {
     total as f64 / ticks.max(1.0)
 }
 
+fn parent_pid(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// CPU seconds used so far by one PostgreSQL cluster (its postmaster and every child), found
+/// from one of its backends' pid; other clusters on the machine are not counted.
+pub fn cluster_cpu_secs(backend_pid: i32, exclude: &[i32]) -> f64 {
+    let Some(postmaster) = parent_pid(backend_pid) else { return 0.0 };
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0.0 };
+    let mut total = 0u64;
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        if exclude.contains(&pid) || (pid != postmaster && parent_pid(pid) != Some(postmaster)) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if let (Some(u), Some(s)) = (fields.get(11), fields.get(12)) {
+            total += u.parse::<u64>().unwrap_or(0) + s.parse::<u64>().unwrap_or(0);
+        }
+    }
+    total as f64 / ticks.max(1.0)
+}
+
 /// GET http://127.0.0.1:port/path; returns (status, body).
 pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;

@@ -11,4 +11,5 @@ mod conformance;
 mod scenarios;
 mod explain;
 mod faults;
+mod hostile;
 mod daemon;

@@ -119,6 +119,7 @@ pub fn settings(db: &TestDb, rqd_port: u16) -> Settings {
         matcher_threads: 2,
         cluster_buffer_size: 2,
         metrics_port: None,
+        metrics_address: "127.0.0.1".into(),
         shutdown_drain_timeout: Duration::from_secs(5),
         cuebot_booking_off: false,
         accounting: cue_scheduler::config::AccountingConfig::default(),
