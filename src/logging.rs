@@ -115,7 +115,9 @@ pub fn write(level: Level, args: Arguments) {
         Level::Info => "INFO ",
         Level::Debug => "DEBUG",
     };
-    let line = format!("{} {tag} [{name}] {args}\n", format_utc(now));
+    // Names from the database or the network may carry newlines or terminal escapes: the
+    // message is escaped whole, so one event is always one line and cannot forge another.
+    let line = format!("{} {tag} [{}] {}\n", format_utc(now), escape(name), escape(&args.to_string()));
     let mut sink = SINK.lock();
     match sink.as_mut() {
         Some(file) => {
@@ -165,5 +167,36 @@ mod tests {
         for (filter, want) in cases {
             assert_eq!(level_from_filter(filter), want, "{filter}");
         }
+    }
+}
+
+#[cfg(test)]
+mod escape_tests {
+    use super::escape;
+
+    #[test]
+    fn control_characters_cannot_forge_lines_or_colour_terminals() {
+        assert_eq!(escape("plain name-01_x"), "plain name-01_x");
+        assert_eq!(escape("job\n2026-12-03T00:00:00Z ERROR [main] forged"), "job\\n2026-12-03T00:00:00Z ERROR [main] forged");
+        assert_eq!(escape("a\rb"), "a\\rb");
+        assert_eq!(escape("\u{1b}[31mred"), "\\u{1b}[31mred");
+        assert_eq!(escape("c1\u{9b}"), "c1\\u{9b}");
+        assert_eq!(escape("back\\slash"), "back\\\\slash");
+        assert!(!escape("x\ny\rz\u{7}").contains(['\n', '\r', '\u{7}']));
+    }
+
+    #[test]
+    fn a_logged_name_with_a_newline_stays_on_one_line() {
+        let path = std::env::temp_dir().join(format!("cue-scheduler-log-escape-{}.log", std::process::id()));
+        super::log_to_file(path.to_str().expect("path")).expect("log file");
+        let name = "evil\n2026-12-03T00:00:00.000Z ERROR [main] forged line";
+        crate::logging::write(super::Level::Error, format_args!("booking job {name} failed"));
+        *super::SINK.lock() = None;
+        let text = std::fs::read_to_string(&path).expect("read");
+        let _ = std::fs::remove_file(&path);
+        // (Other tests may log meanwhile: look only at this event.)
+        assert_eq!(text.lines().filter(|l| l.contains("forged line")).count(), 1, "{text}");
+        assert!(!text.lines().any(|l| l.starts_with("2026-12-03T00:00:00.000Z")), "{text}");
+        assert!(text.contains("evil\\n2026"), "{text}");
     }
 }
