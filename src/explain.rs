@@ -158,6 +158,9 @@ pub enum Reason {
     JobMaxGpus { gpus: i64, frame_min: i64, max: i64 },
     LayerLimit { limits: Vec<LimitUse> },
     StartDelayed { until: String, in_secs: f64 },
+    /// Negative memory, GPU or GPU-memory requirements: never booked (they would create idle
+    /// capacity out of nothing).
+    InvalidRequirements { mem_min: i64, gpus_min: i64, gpu_mem_min: i64 },
 }
 
 impl Reason {
@@ -192,6 +195,7 @@ impl Reason {
             Reason::JobMaxGpus { .. } => ("job_max_gpus", 17),
             Reason::LayerLimit { .. } => ("layer_limit", 18),
             Reason::StartDelayed { .. } => ("start_delayed", 19),
+            Reason::InvalidRequirements { .. } => ("invalid_requirements", 6),
         }
     }
 }
@@ -840,6 +844,9 @@ fn nearest_miss(evaluated: &[(&ScopeHost, Vec<Miss>)]) -> Option<NearMiss> {
 fn cap_reasons(job: &JobRow, row: &LayerRow, limits: Option<&Vec<LimitUse>>) -> Vec<Reason> {
     let layer = &row.layer;
     let mut reasons = Vec::new();
+    if layer.mem_min < 0 || layer.gpus_min < 0 || layer.gpu_mem_min < 0 {
+        reasons.push(Reason::InvalidRequirements { mem_min: layer.mem_min, gpus_min: layer.gpus_min, gpu_mem_min: layer.gpu_mem_min });
+    }
     if job.info.cores + layer.cores_min >= job.info.max_cores {
         reasons.push(Reason::JobMaxCores { cores: job.info.cores, frame_min: layer.cores_min, max: job.info.max_cores });
     }
@@ -996,6 +1003,9 @@ fn describe_capacity(reason: &Reason) -> String {
             format!("layer limit reached, no limit has room: {}", limits.join("; "))
         }
         Reason::StartDelayed { until, in_secs } => format!("start delayed until {until} ({in_secs:.0} s from now)"),
+        Reason::InvalidRequirements { mem_min, gpus_min, gpu_mem_min } => format!(
+            "the layer asks for negative resources (memory {mem_min} KB, GPUs {gpus_min}, GPU memory {gpu_mem_min} KB): never booked"
+        ),
         other => other.name().to_string(),
     }
 }
@@ -1201,6 +1211,9 @@ fn reason_fields(obj: Obj, reason: &Reason) -> Obj {
             obj.raw("limits", json_array(limits))
         }
         Reason::StartDelayed { until, in_secs } => obj.str("until", until).raw("in_secs", json_number(*in_secs)),
+        Reason::InvalidRequirements { mem_min, gpus_min, gpu_mem_min } => {
+            obj.int("mem_min", *mem_min).int("gpus_min", *gpus_min).int("gpu_mem_min", *gpu_mem_min)
+        }
         Reason::NoWaitingFrames | Reason::JobPaused | Reason::AutoBookOff => obj,
     }
 }

@@ -28,6 +28,11 @@ pub fn layer_limit_ok(layer: &str) -> String {
     )
 }
 
+/// A layer whose requirements are negative would create capacity out of nothing when booked
+/// (Cuebot's own writes would add the negative amounts to the host's idle columns): it is never
+/// booked, and `explain` names it (`invalid_requirements`). Checked before any arithmetic.
+pub const SANE_LAYER: &str = "(l.int_mem_min >= 0 AND l.int_gpus_min >= 0 AND l.int_gpu_mem_min >= 0 AND l.int_gpus_max >= 0)";
+
 /// `AND s.b_scheduler_managed` where the schema has the column (managed-show mode).
 fn managed_clause(managed_mode: bool, alias: &str) -> String {
     if managed_mode {
@@ -42,6 +47,7 @@ fn managed_clause(managed_mode: bool, alias: &str) -> String {
 pub fn pass_sql(managed_mode: bool) -> String {
     let managed = managed_clause(managed_mode, "s");
     let limit_ok = layer_limit_ok("l.pk_layer");
+    let sane = SANE_LAYER;
     format!(
         "WITH candidates AS (
            -- Cheap filters and the order first; OFFSET 0 keeps the costly tests below out of
@@ -77,6 +83,7 @@ pub fn pass_sql(managed_mode: bool) -> String {
                          WHERE l.pk_job = c.pk_job AND ls.int_waiting_count > 0
                            AND string_to_array(replace(l.str_tags, ' ', ''), '|') && $3::text[]
                            AND (l.ts_start_after IS NULL OR l.ts_start_after <= now())
+                           AND {sane}
                            AND c.cores + l.int_cores_min < c.max_cores
                            AND c.gpus + l.int_gpus_min < c.max_gpus)
            LIMIT $5)
@@ -109,7 +116,7 @@ pub fn pass_sql(managed_mode: bool) -> String {
                  WHERE f.pk_layer = l.pk_layer AND f.str_state = 'WAITING'
                  ORDER BY f.int_dispatch_order, f.int_layer_order, f.pk_frame
                  LIMIT $6) w) fr
-         WHERE ls.int_waiting_count > 0
+         WHERE ls.int_waiting_count > 0 AND {sane}
            AND string_to_array(replace(l.str_tags, ' ', ''), '|') && $3::text[]
            AND (l.ts_start_after IS NULL OR l.ts_start_after <= now())
            AND jobs.cores + l.int_cores_min < jobs.max_cores

@@ -422,3 +422,51 @@ fn binary_explains_a_paused_job() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("showa-no-such-job"));
     let _ = std::fs::remove_file(&path);
 }
+
+/// Issue 9, item 3: layers with negative requirements (rows as a broken client may write them)
+/// are never booked — they would make idle capacity out of nothing — and explain names them.
+#[test]
+fn negative_requirements_are_refused_and_named() {
+    let (db, mut f, o) = farm("explain_negative");
+    let mut gpus = LayerSpec::new("negative_gpus", "1-2", "general");
+    gpus.gpus_min = -1;
+    let mut mem = LayerSpec::new("negative_mem", "1-2", "general");
+    mem.mem_min_kib = i64::MIN;
+    let good = LayerSpec::new("fine", "1-2", "general");
+    f.job(&job(&o, "showa-negative", vec![gpus, mem, good])).expect("job");
+    let out = explain(&db, "showa-negative", Some("negative_gpus"));
+    has(&out, "invalid_requirements");
+    let out = explain(&db, "showa-negative", Some("negative_mem"));
+    has(&out, "invalid_requirements");
+    lacks(&explain(&db, "showa-negative", Some("fine")), "invalid_requirements");
+    // The pipeline books the good layer only (dry run: in the database, no RQD), and no idle
+    // value goes past the host's total.
+    let mut settings = crate::support::settings(&db, 1);
+    settings.dry_run = true;
+    let pipeline = cue_scheduler::pipeline::Pipeline::start(settings, std::sync::Arc::new(cue_scheduler::metrics::Metrics::new())).expect("start");
+    let running = |f: &mut Farm| -> Vec<String> {
+        f.client
+            .query("SELECT str_name::text FROM frame WHERE str_state = 'RUNNING' ORDER BY 1", &[])
+            .expect("frames")
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    crate::support::wait_for(std::time::Duration::from_secs(10), || running(&mut f).len() >= 2);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    pipeline.shutdown(std::time::Duration::from_secs(5));
+    let launched = running(&mut f);
+    assert!(launched.iter().all(|n| n.ends_with("-fine")), "only the sane layer ran: {launched:?}");
+    assert_eq!(launched.len(), 2);
+    let over: i64 = f
+        .client
+        .query_one(
+            "SELECT count(*) FROM host WHERE int_cores_idle > int_cores OR int_mem_idle > int_mem OR int_gpus_idle > int_gpus
+                OR int_gpu_mem_idle > int_gpu_mem",
+            &[],
+        )
+        .expect("count")
+        .get(0);
+    assert_eq!(over, 0, "no phantom capacity");
+    assert_eq!(db.violations(), Vec::<String>::new());
+}
