@@ -126,6 +126,11 @@ impl Context {
         set.insert(frame_id.to_string())
     }
 
+    /// Frames never to fetch again (bounded by `limits::UNLAUNCHABLE_FRAMES_MAX`).
+    pub fn unlaunchable_frames(&self) -> Vec<String> {
+        self.unlaunchable.lock().iter().cloned().collect()
+    }
+
     pub fn is_unlaunchable(&self, frame_id: &str) -> bool {
         self.unlaunchable.lock().contains(frame_id)
     }

@@ -74,6 +74,9 @@ pub struct LayerDiagnosis {
     pub hosts_fitting: usize,
     /// The first `limits::EXPLAIN_HOSTS_SHOWN_MAX` of them, by name.
     pub fitting_hosts: Vec<String>,
+    /// Waiting frames that can never be launched (no number in the name, number outside the
+    /// layer's range): (frame name, why). The scheduler skips them; they never block the rest.
+    pub unlaunchable: Vec<(String, String)>,
     /// Job and layer reasons together, most fundamental first; empty = dispatchable.
     pub reasons: Vec<Reason>,
 }
@@ -161,6 +164,8 @@ pub enum Reason {
     /// Negative memory, GPU or GPU-memory requirements: never booked (they would create idle
     /// capacity out of nothing).
     InvalidRequirements { mem_min: i64, gpus_min: i64, gpu_mem_min: i64 },
+    /// Every waiting frame the layer has is one that cannot be launched.
+    OnlyUnlaunchableFrames { count: i64 },
 }
 
 impl Reason {
@@ -196,6 +201,7 @@ impl Reason {
             Reason::LayerLimit { .. } => ("layer_limit", 18),
             Reason::StartDelayed { .. } => ("start_delayed", 19),
             Reason::InvalidRequirements { .. } => ("invalid_requirements", 6),
+            Reason::OnlyUnlaunchableFrames { .. } => ("only_unlaunchable_frames", 7),
         }
     }
 }
@@ -276,6 +282,9 @@ struct LayerRow {
     start_in_secs: Option<f64>,
     /// Hosts anywhere carrying one of the layer's tags.
     tagged_anywhere: i64,
+    /// Waiting frames (the first `limits::EXPLAIN_FRAMES_CHECKED_MAX`) that cannot be launched.
+    unlaunchable: Vec<(String, String)>,
+    frames_checked: i64,
 }
 
 /// A host in the job's facility, on an allocation the show subscribes to, carrying one of the
@@ -427,6 +436,7 @@ fn job_row(row: &Row) -> Result<JobRow, crate::db::DbError> {
 }
 
 fn layers_sql(start_after: bool) -> String {
+    let max_frames = crate::limits::EXPLAIN_FRAMES_CHECKED_MAX;
     let start = if start_after {
         "to_char(l.ts_start_after AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
          extract(epoch FROM l.ts_start_after - now())::float8"
@@ -443,7 +453,11 @@ fn layers_sql(start_after: bool) -> String {
                 (SELECT count(*) FROM frame f WHERE f.pk_layer = l.pk_layer AND f.str_state = 'WAITING')::bigint,
                 {start},
                 (SELECT count(DISTINCT t.pk_host) FROM host_tag t
-                 WHERE t.str_tag = ANY(string_to_array(replace(l.str_tags, ' ', ''), '|')))::bigint
+                 WHERE t.str_tag = ANY(string_to_array(replace(l.str_tags, ' ', ''), '|')))::bigint,
+                COALESCE(l.str_cmd, '')::text, COALESCE(l.str_range, '')::text, COALESCE(l.int_chunk_size, 1)::bigint,
+                (SELECT j.str_name::text FROM job j WHERE j.pk_job = l.pk_job),
+                ARRAY(SELECT f.str_name::text FROM frame f WHERE f.pk_layer = l.pk_layer AND f.str_state = 'WAITING'
+                      ORDER BY f.int_dispatch_order, f.int_layer_order, f.pk_frame LIMIT {max_frames})
          FROM layer l
          LEFT JOIN layer_stat ls ON ls.pk_layer = l.pk_layer
          WHERE l.pk_job = $1 AND ($2::text IS NULL OR l.str_name = $2)
@@ -458,6 +472,25 @@ fn read_layers(client: &mut Client, job_id: &str, only: Option<&str>, start_afte
 
 fn layer_row(row: &Row) -> Result<LayerRow, crate::db::DbError> {
     const CTX: &str = "read layer";
+    let (command, range, chunk_size): (String, String, i64) = (col(row, 16, CTX)?, col(row, 17, CTX)?, col(row, 18, CTX)?);
+    let job_name: Option<String> = col(row, 19, CTX)?;
+    let frame_names: Vec<String> = col(row, 20, CTX)?;
+    let layer_name: String = col(row, 1, CTX)?;
+    let frames_checked = frame_names.len() as i64;
+    let unlaunchable: Vec<(String, String)> = frame_names
+        .iter()
+        .filter_map(|name| {
+            let input = crate::frameset::TokenInput {
+                command: &command,
+                range: &range,
+                chunk_size,
+                frame_name: name,
+                layer_name: &layer_name,
+                job_name: job_name.as_deref().unwrap_or(""),
+            };
+            crate::frameset::prepare_command(&input).err().map(|e| (name.clone(), e.to_string()))
+        })
+        .collect();
     let tags: String = col(row, 2, CTX)?;
     let services: String = col(row, 9, CTX)?;
     let layer = Layer {
@@ -485,6 +518,8 @@ fn layer_row(row: &Row) -> Result<LayerRow, crate::db::DbError> {
         start_after: col(row, 13, CTX)?,
         start_in_secs: col(row, 14, CTX)?,
         tagged_anywhere: col(row, 15, CTX)?,
+        unlaunchable,
+        frames_checked,
     })
 }
 
@@ -700,6 +735,9 @@ fn diagnose_layer(inputs: &Inputs, job_reasons: &[Reason], row: &LayerRow) -> La
         fitting = host_reasons(inputs, layer, &candidates, &mut reasons);
     }
     reasons.extend(cap_reasons(inputs.job, row, inputs.limits.get(&layer.id)));
+    if row.frames_checked > 0 && row.unlaunchable.len() as i64 == row.frames_checked {
+        reasons.push(Reason::OnlyUnlaunchableFrames { count: row.frames_checked });
+    }
     reasons.sort_by_key(Reason::rank);
     LayerDiagnosis {
         id: layer.id.clone(),
@@ -715,6 +753,7 @@ fn diagnose_layer(inputs: &Inputs, job_reasons: &[Reason], row: &LayerRow) -> La
         hosts_checked: candidates.len(),
         hosts_fitting: fitting.len(),
         fitting_hosts: fitting.into_iter().take(crate::limits::EXPLAIN_HOSTS_SHOWN_MAX).collect(),
+        unlaunchable: row.unlaunchable.clone(),
         reasons,
     }
 }
@@ -1006,6 +1045,9 @@ fn describe_capacity(reason: &Reason) -> String {
         Reason::InvalidRequirements { mem_min, gpus_min, gpu_mem_min } => format!(
             "the layer asks for negative resources (memory {mem_min} KB, GPUs {gpus_min}, GPU memory {gpu_mem_min} KB): never booked"
         ),
+        Reason::OnlyUnlaunchableFrames { count } => {
+            format!("all {count} waiting frames have a name or number the layer's range cannot launch")
+        }
         other => other.name().to_string(),
     }
 }
@@ -1049,6 +1091,14 @@ fn render_layer_text(out: &mut String, l: &LayerDiagnosis) {
         if l.fitting_hosts.is_empty() { String::new() } else { format!(": {}", l.fitting_hosts.join(", ")) },
         more
     ));
+    if !l.unlaunchable.is_empty() {
+        let shown: Vec<String> = l.unlaunchable.iter().take(3).map(|(n, why)| format!("{n} ({why})")).collect();
+        out.push_str(&format!(
+            "  unlaunchable frames, skipped and never booked: {}, e.g. {}\n",
+            l.unlaunchable.len(),
+            shown.join("; ")
+        ));
+    }
     if l.dispatchable() {
         out.push_str("  DISPATCHABLE: nothing blocks it\n");
         return;
@@ -1214,6 +1264,7 @@ fn reason_fields(obj: Obj, reason: &Reason) -> Obj {
         Reason::InvalidRequirements { mem_min, gpus_min, gpu_mem_min } => {
             obj.int("mem_min", *mem_min).int("gpus_min", *gpus_min).int("gpu_mem_min", *gpu_mem_min)
         }
+        Reason::OnlyUnlaunchableFrames { count } => obj.int("count", *count),
         Reason::NoWaitingFrames | Reason::JobPaused | Reason::AutoBookOff => obj,
     }
 }
@@ -1241,6 +1292,7 @@ fn layer_json(l: &LayerDiagnosis) -> String {
         .int("hosts_checked", l.hosts_checked as i64)
         .int("hosts_fitting", l.hosts_fitting as i64)
         .raw("fitting_hosts", json_strings(&l.fitting_hosts))
+        .raw("unlaunchable_frames", json_strings(&l.unlaunchable.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>()))
         .raw("dispatchable", l.dispatchable().to_string())
         .raw("reasons", json_array(l.reasons.iter().map(reason_json)))
         .done()
@@ -1294,6 +1346,7 @@ mod tests {
             hosts_checked: 2,
             hosts_fitting: if reasons.is_empty() { 2 } else { 0 },
             fitting_hosts: if reasons.is_empty() { vec!["h1".into(), "h2".into()] } else { vec![] },
+            unlaunchable: vec![],
             reasons,
         }
     }

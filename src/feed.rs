@@ -461,8 +461,11 @@ impl<'a> Feed<'a> {
             Err(e) => debug!("cluster {cluster}: lease query failed ({e}); the pass query will tell"),
         }
         let started = Instant::now();
+        let skip = self.ctx.unlaunchable_frames();
         let result = match self.connection() {
-            Ok(conn) => queries::fetch_pass(&mut conn.client, &conn.pass, &cluster, jobs_max, frames_max),
+            Ok(conn) => {
+                queries::fetch_pass(&mut conn.client, &conn.pass, &cluster, jobs_max, frames_max, &skip)
+            }
             Err(e) => Err(e),
         };
         let ctx = self.ctx;

@@ -82,6 +82,9 @@ pub const GROUP_REFETCH_MIN_MS: u64 = 500;
 /// Granularity of every sleep that must notice a shutdown request.
 pub const SHUTDOWN_POLL_MS: u64 = 50;
 
+/// Waiting frames per layer `explain` checks for names or numbers that cannot be launched.
+pub const EXPLAIN_FRAMES_CHECKED_MAX: usize = 1_000;
+
 /// Fitting hosts `explain` lists per layer.
 pub const EXPLAIN_HOSTS_SHOWN_MAX: usize = 5;
 

@@ -114,6 +114,9 @@ pub fn pass_sql(managed_mode: bool) -> String {
                         GREATEST(extract(epoch FROM now() - COALESCE(f.ts_updated, now())), 0)::float8 AS age
                  FROM frame f
                  WHERE f.pk_layer = l.pk_layer AND f.str_state = 'WAITING'
+                   -- Frames this process found unlaunchable (bad name or range) are skipped,
+                   -- so they cannot fill every batch and starve the good frames behind them.
+                   AND f.pk_frame <> ALL($7::text[])
                  ORDER BY f.int_dispatch_order, f.int_layer_order, f.pk_frame
                  LIMIT $6) w) fr
          WHERE ls.int_waiting_count > 0 AND {sane}
@@ -147,12 +150,13 @@ pub fn fetch_pass(
     cluster: &Cluster,
     jobs_max: i64,
     frames_per_layer: i64,
+    skip_frames: &[String],
 ) -> Result<PassWork, DbError> {
     const CTX: &str = "read pending work";
     let rows = client
         .query(
             statement,
-            &[&cluster.show_id, &cluster.facility_id, &cluster.tags, &cluster.alloc_id, &jobs_max, &frames_per_layer],
+            &[&cluster.show_id, &cluster.facility_id, &cluster.tags, &cluster.alloc_id, &jobs_max, &frames_per_layer, &skip_frames],
         )
         .map_err(DbError::query(CTX))?;
     let mut work: Vec<LayerWork> = Vec::with_capacity(rows.len());

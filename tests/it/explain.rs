@@ -470,3 +470,38 @@ fn negative_requirements_are_refused_and_named() {
     assert_eq!(over, 0, "no phantom capacity");
     assert_eq!(db.violations(), Vec::<String>::new());
 }
+
+/// Issue 9, item 4: thirty frames whose numbers are outside the layer's range come first in
+/// dispatch order; the ten good frames behind them are booked anyway, and explain names the
+/// bad ones.
+#[test]
+fn unlaunchable_frames_first_in_order_do_not_starve_the_layer() {
+    let (db, mut f, o) = farm("explain_unlaunchable");
+    let ids = f.job(&job(&o, "showa-badrange", vec![LayerSpec::new("render", "1-40", "general")])).expect("job");
+    // Frames 1-30 get numbers outside the range, keeping their dispatch order (first).
+    for n in 1..=30 {
+        let name = format!("{n:04}-render");
+        f.client
+            .execute("UPDATE frame SET int_number = 1000 + $2::bigint, str_name = $3 WHERE pk_frame = $1", &[&ids.frames[&name], &(n as i64), &format!("{:04}-render", 1000 + n)])
+            .expect("break frame");
+    }
+    let out = explain(&db, "showa-badrange", Some("render"));
+    assert!(out.0.contains("unlaunchable frames, skipped and never booked: 30"), "{}", out.0);
+    assert!(out.1.contains("\"unlaunchable_frames\":[\"1001-render\""), "{}", out.1);
+    lacks(&out, "only_unlaunchable_frames");
+    let mut settings = crate::support::settings(&db, 1);
+    settings.dry_run = true;
+    let pipeline = cue_scheduler::pipeline::Pipeline::start(settings, std::sync::Arc::new(cue_scheduler::metrics::Metrics::new())).expect("start");
+    let good = |f: &mut Farm| -> i64 {
+        f.client
+            .query_one("SELECT count(*) FROM frame WHERE str_state = 'RUNNING' AND int_number <= 40", &[])
+            .expect("count")
+            .get(0)
+    };
+    let booked = crate::support::wait_for(std::time::Duration::from_secs(15), || good(&mut f) == 10);
+    pipeline.shutdown(std::time::Duration::from_secs(5));
+    assert!(booked, "the ten good frames were booked ({} running)", good(&mut f));
+    let bad_running: i64 = f.client.query_one("SELECT count(*) FROM frame WHERE str_state = 'RUNNING' AND int_number > 1000", &[]).expect("count").get(0);
+    assert_eq!(bad_running, 0, "no unlaunchable frame stays booked");
+    assert_eq!(db.violations(), Vec::<String>::new());
+}
