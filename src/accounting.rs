@@ -514,6 +514,8 @@ pub enum FullReason {
     Reconnect,
     Periodic,
     BadPayload,
+    /// This instance became the accounting leader (the previous one went away).
+    Takeover,
 }
 
 impl FullReason {
@@ -523,6 +525,7 @@ impl FullReason {
             FullReason::Reconnect => "reconnect",
             FullReason::Periodic => "periodic",
             FullReason::BadPayload => "bad_payload",
+            FullReason::Takeover => "takeover",
         }
     }
 }
@@ -652,6 +655,11 @@ struct Worker<'a> {
     retry_pause: Duration,
     last_full_reason: Option<FullReason>,
     last_coarse: Instant,
+    /// Holds the accounting leader lock: only the leader reconciles; every instance listens.
+    leader: bool,
+    last_leader_try: Option<Instant>,
+    /// Shows to wake again shortly (followers: after the leader has reconciled).
+    late_wakes: Vec<(Instant, BTreeSet<String>)>,
 }
 
 impl<'a> Worker<'a> {
@@ -672,6 +680,9 @@ impl<'a> Worker<'a> {
             retry_pause: Duration::from_millis(limits::ACCOUNTING_RETRY_MIN_MS),
             last_full_reason: None,
             last_coarse: Instant::now(),
+            leader: false,
+            last_leader_try: None,
+            late_wakes: Vec::new(),
         }
     }
 
@@ -688,8 +699,15 @@ impl<'a> Worker<'a> {
                 continue;
             }
             let settings = self.settings();
-            if self.full_due.is_none() && self.last_full.elapsed() >= settings.recompute_interval {
+            self.try_lead();
+            if self.leader && self.full_due.is_none() && self.last_full.elapsed() >= settings.recompute_interval {
                 self.full_due = Some(FullReason::Periodic);
+            }
+            if !self.leader {
+                // Followers leave reconciling to the leader; they only listen and wake.
+                self.full_due = None;
+                self.pending = Keys::default();
+                self.heard.clear();
             }
             if let Some(reason) = self.full_due {
                 match self.full_reconcile(reason) {
@@ -704,7 +722,13 @@ impl<'a> Worker<'a> {
                 }
             }
             self.gather(&settings);
-            self.reconcile_pending();
+            if self.leader {
+                self.reconcile_pending();
+            } else {
+                self.pending = Keys::default();
+                self.heard.clear();
+            }
+            self.apply_late_wakes();
             self.judge_drift(false);
         }
         // What was heard before the stop is reconciled once more, without waiting for locks
@@ -713,6 +737,40 @@ impl<'a> Worker<'a> {
             self.reconcile_pending();
         }
         self.judge_drift(true);
+    }
+
+    /// One instance reconciles at a time: the one holding a session advisory lock on its
+    /// listener connection (it dies with that connection). Every instance tries for it at
+    /// most every `limits::ACCOUNTING_LEADER_RETRY_MS`; a new leader starts with a full
+    /// reconcile, covering what the old one heard and did not reconcile.
+    fn try_lead(&mut self) {
+        if self.leader || self.last_leader_try.is_some_and(|t| t.elapsed() < Duration::from_millis(limits::ACCOUNTING_LEADER_RETRY_MS)) {
+            return;
+        }
+        self.last_leader_try = Some(Instant::now());
+        let Some(listener) = self.listener.as_mut() else { return };
+        match listener.query_one("SELECT pg_try_advisory_lock($1)", &[&limits::ACCOUNTING_LEADER_LOCK_KEY]) {
+            Ok(row) if row.get::<_, bool>(0) => {
+                self.leader = true;
+                self.ctx.metrics.accounting_leader.set(1);
+                info!("accounting: this instance now reconciles managed-show rollups (accounting leader)");
+                // Start-up and reconnect keep their own reason; otherwise this is a takeover.
+                if self.full_due.is_none() {
+                    self.full_due = Some(FullReason::Takeover);
+                }
+            }
+            Ok(_) => self.ctx.metrics.accounting_leader.set(0),
+            Err(e) => self.listener_lost(&e.to_string()),
+        }
+    }
+
+    fn apply_late_wakes(&mut self) {
+        let now = Instant::now();
+        let due: Vec<BTreeSet<String>> = self.late_wakes.iter().filter(|(t, _)| *t <= now).map(|(_, s)| s.clone()).collect();
+        self.late_wakes.retain(|(t, _)| *t > now);
+        for shows in due {
+            self.ctx.wake_shows(shows);
+        }
     }
 
     fn sleep_until_retry(&mut self) {
@@ -734,6 +792,8 @@ impl<'a> Worker<'a> {
         match result {
             Ok(client) => {
                 self.listener = Some(client);
+                self.leader = false;
+                self.last_leader_try = None;
                 self.ctx.metrics.accounting_listener_up.set(1);
                 self.retry_pause = Duration::from_millis(limits::ACCOUNTING_RETRY_MIN_MS);
                 // Releases made while nobody listened are found by a full reconcile, which runs
@@ -758,6 +818,7 @@ impl<'a> Worker<'a> {
 
     fn listener_lost(&mut self, why: &str) {
         self.listener = None;
+        self.leader = false;
         self.ctx.metrics.accounting_listener_up.set(0);
         if !self.lost_logged {
             self.ctx.count_error("accounting");
@@ -814,17 +875,22 @@ impl<'a> Worker<'a> {
             return;
         }
         let mut wake_shows = BTreeSet::new();
+        let mut late = BTreeSet::new();
         let mut limit_jobs = Vec::new();
         let mut limit_folders = Vec::new();
         for (heard, notice) in notices {
             match notice {
                 Notice::Release(r) => {
                     self.ctx.metrics.accounting_notifications_total.with_label_values(&[CHANNEL_RELEASE]).inc();
-                    self.ledger.announce(&r);
-                    self.pending.add_release(&r);
-                    // A job may have moved since Cuebot loaded the proc: its current folder and
-                    // point are looked up in the reconcile.
-                    self.heard.push(heard);
+                    if self.leader {
+                        self.ledger.announce(&r);
+                        self.pending.add_release(&r);
+                        // A job may have moved since Cuebot loaded the proc: its current folder
+                        // and point are looked up in the reconcile.
+                        self.heard.push(heard);
+                    } else {
+                        late.insert(r.show.clone());
+                    }
                 }
                 Notice::Limit(change) => {
                     self.ctx.metrics.accounting_notifications_total.with_label_values(&[CHANNEL_LIMIT]).inc();
@@ -862,6 +928,11 @@ impl<'a> Worker<'a> {
         }
         if !wake_shows.is_empty() {
             self.ctx.wake_shows(wake_shows);
+        }
+        if !late.is_empty() && self.late_wakes.len() < limits::ACCOUNTING_LATE_WAKES_MAX {
+            // A follower wakes the show's clusters once the leader has had time to reconcile.
+            let after = self.settings().coalesce_window * 2 + Duration::from_millis(limits::ACCOUNTING_COARSE_MIN_MS);
+            self.late_wakes.push((Instant::now() + after, late));
         }
     }
 

@@ -186,4 +186,15 @@ pub const STRANDED_SWEEP_ROWS_MAX: i64 = 5_000;
 /// Subscription, folder and point rows sum every proc of a show (tens of thousands on a big
 /// show), so notified releases reconcile them at most this often; layer and job rows, whose
 /// sums are small, are reconciled as soon as the coalescing window closes.
-pub const ACCOUNTING_COARSE_MIN_MS: u64 = 250;
+pub const ACCOUNTING_COARSE_MIN_MS: u64 = 500;
+
+/// Key of the session advisory lock that makes one instance the accounting leader (the one
+/// that reconciles; "cue_acct" in ASCII).
+pub const ACCOUNTING_LEADER_LOCK_KEY: i64 = 0x6375_655f_6163_6374;
+
+/// How often a follower tries to become the accounting leader (and so how soon a dead leader's
+/// work is taken over).
+pub const ACCOUNTING_LEADER_RETRY_MS: u64 = 1_000;
+
+/// Pending delayed wake-ups a follower keeps at most.
+pub const ACCOUNTING_LATE_WAKES_MAX: usize = 1_000;

@@ -121,6 +121,13 @@ pub fn cluster_cpu_secs(backend_pid: i32, exclude: &[i32]) -> f64 {
         if let (Some(u), Some(s)) = (fields.get(11), fields.get(12)) {
             total += u.parse::<u64>().unwrap_or(0) + s.parse::<u64>().unwrap_or(0);
         }
+        if pid == postmaster {
+            // Children that exited (backends of closed connections) count in the postmaster's
+            // cutime/cstime once reaped.
+            if let (Some(u), Some(s)) = (fields.get(13), fields.get(14)) {
+                total += u.parse::<u64>().unwrap_or(0) + s.parse::<u64>().unwrap_or(0);
+            }
+        }
     }
     total as f64 / ticks.max(1.0)
 }

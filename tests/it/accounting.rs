@@ -330,9 +330,17 @@ fn two_instances_and_sustained_releases_stay_exact() {
     let released = completer.released();
     let left = settle(&f.db, Duration::from_secs(5));
     let (ma, mb) = (Arc::clone(&a.ctx.metrics), Arc::clone(&b.ctx.metrics));
-    a.shutdown(Duration::from_secs(5));
-    b.shutdown(Duration::from_secs(5));
+    let leaders = ma.accounting_leader.get() + mb.accounting_leader.get();
+    // The leader stops first: the other instance takes over and reconciles from then on.
+    let (first, second) = if ma.accounting_leader.get() == 1 { (a, b) } else { (b, a) };
+    let survivor = Arc::clone(&second.ctx.metrics);
+    first.shutdown(Duration::from_secs(5));
+    let took_over = wait_for(Duration::from_secs(5), || survivor.accounting_leader.get() == 1);
+    second.shutdown(Duration::from_secs(5));
     let report = stop_completer(&f, completer);
+    assert_eq!(leaders, 1, "exactly one instance reconciles");
+    assert!(took_over, "the other instance took over as accounting leader");
+    assert!(survivor.accounting_full_reconciles_total.with_label_values(&["takeover"]).get() >= 1);
     assert!(started.elapsed() >= Duration::from_secs(20));
     assert!(released >= 200, "only {released} releases in 20 s");
     assert_eq!(report.errors, Vec::<String>::new(), "Cuebot's releases failed");
