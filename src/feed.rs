@@ -35,6 +35,8 @@ struct Slot {
     in_flight: bool,
     wake_at: Option<(Instant, SleepReason)>,
     last_emitted: Option<Instant>,
+    /// When the accounting thread last woke it (such wake-ups are rate-limited).
+    last_accounting_wake: Option<Instant>,
 }
 
 /// The fetcher's own connection with the pass query prepared.
@@ -153,7 +155,7 @@ pub struct Feed<'a> {
 impl<'a> Feed<'a> {
     pub fn new(ctx: &'a Context, facility_id: Option<String>, clusters: Vec<Cluster>) -> Feed<'a> {
         let now = Instant::now();
-        let slots = clusters.into_iter().map(|cluster| Slot { cluster, in_flight: false, wake_at: None, last_emitted: None }).collect();
+        let slots = clusters.into_iter().map(|cluster| Slot { cluster, in_flight: false, wake_at: None, last_emitted: None, last_accounting_wake: None }).collect();
         Feed {
             ctx,
             facility_id,
@@ -281,7 +283,7 @@ impl<'a> Feed<'a> {
                 self.slots = clusters
                     .into_iter()
                     .map(|cluster| {
-                        previous.remove(&cluster).unwrap_or(Slot { cluster, in_flight: false, wake_at: None, last_emitted: None })
+                        previous.remove(&cluster).unwrap_or(Slot { cluster, in_flight: false, wake_at: None, last_emitted: None, last_accounting_wake: None })
                     })
                     .collect();
                 self.next = 0;
@@ -345,10 +347,26 @@ impl<'a> Feed<'a> {
         if requests.as_ref().is_some_and(|set| set.is_empty()) {
             return;
         }
+        let now = Instant::now();
+        let min_gap = Duration::from_millis(crate::limits::ACCOUNTING_WAKE_MIN_MS);
         for slot in &mut self.slots {
-            if requests.as_ref().is_none_or(|set| set.contains(&slot.cluster.show_id)) {
-                slot.wake_at = None;
+            if slot.wake_at.is_none() || !requests.as_ref().is_none_or(|set| set.contains(&slot.cluster.show_id)) {
+                continue;
             }
+            // A show releasing hundreds of frames a second would otherwise be re-queried
+            // continuously; one pass per interval finds whatever the releases freed.
+            if let Some(last) = slot.last_accounting_wake.filter(|t| now.duration_since(*t) < min_gap) {
+                // Too soon: wake it when the interval ends instead (if it sleeps longer).
+                let at = last + min_gap;
+                if let Some((until, reason)) = slot.wake_at {
+                    if until > at {
+                        slot.wake_at = Some((at, reason));
+                    }
+                }
+                continue;
+            }
+            slot.last_accounting_wake = Some(now);
+            slot.wake_at = None;
         }
     }
 

@@ -198,3 +198,7 @@ pub const ACCOUNTING_LEADER_RETRY_MS: u64 = 1_000;
 
 /// Pending delayed wake-ups a follower keeps at most.
 pub const ACCOUNTING_LATE_WAKES_MAX: usize = 1_000;
+
+/// A cluster is woken by accounting events (releases reconciled, caps raised) at most this
+/// often: a busy show would otherwise be re-queried after every release.
+pub const ACCOUNTING_WAKE_MIN_MS: u64 = 250;
