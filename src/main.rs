@@ -2,6 +2,10 @@
 //! signal or the quit condition, shut down in order. Exit codes: 0 normal stop, 1 operating
 //! error at start-up (database unreachable, unknown facility), 2 bad flag or configuration.
 
+
+// See src/lib.rs: no unwrap/expect on daemon paths.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 use cue_scheduler::cli::{self, Cli, Command};
 use cue_scheduler::config::{AllocTag, Config};
 use cue_scheduler::metrics::Metrics;

@@ -50,18 +50,27 @@ pub struct Metrics {
     pub thread_deaths_total: IntCounterVec,
 }
 
+// Start-up only, with constant names, help texts and labels: an error here is a programming
+// mistake (duplicate name, bad label) that every test run catches, never outside input.
+#[allow(clippy::expect_used)]
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     let metric = IntCounter::new(name, help).expect("static metric definition");
     registry.register(Box::new(metric.clone())).expect("unique metric name");
     metric
 }
 
+// Start-up only, with constant names, help texts and labels: an error here is a programming
+// mistake (duplicate name, bad label) that every test run catches, never outside input.
+#[allow(clippy::expect_used)]
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
     registry.register(Box::new(metric.clone())).expect("unique metric name");
     metric
 }
 
+// Start-up only, with constant names, help texts and labels: an error here is a programming
+// mistake (duplicate name, bad label) that every test run catches, never outside input.
+#[allow(clippy::expect_used)]
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
     let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
     let metric = Histogram::with_opts(opts).expect("static metric definition");
@@ -69,6 +78,9 @@ fn histogram(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> Hi
     metric
 }
 
+// Start-up only, with constant names, help texts and labels: an error here is a programming
+// mistake (duplicate name, bad label) that every test run catches, never outside input.
+#[allow(clippy::expect_used)]
 fn histogram_vec(registry: &Registry, name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
     let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
     let metric = HistogramVec::new(opts, labels).expect("static metric definition");
@@ -76,6 +88,9 @@ fn histogram_vec(registry: &Registry, name: &str, help: &str, labels: &[&str], b
     metric
 }
 
+// Start-up only, with constant names, help texts and labels: an error here is a programming
+// mistake (duplicate name, bad label) that every test run catches, never outside input.
+#[allow(clippy::expect_used)]
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let metric = IntGauge::new(name, help).expect("static metric definition");
     registry.register(Box::new(metric.clone())).expect("unique metric name");
@@ -83,6 +98,9 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
 }
 
 impl Metrics {
+    // Start-up only, with constant names, help texts and labels: an error here is a programming
+    // mistake (duplicate name, bad label) that every test run catches, never outside input.
+    #[allow(clippy::expect_used)]
     pub fn new() -> Metrics {
         let r = Registry::new();
         let clusters_total = IntGaugeVec::new(
