@@ -775,7 +775,7 @@ impl<'a> Worker<'a> {
 
     fn sleep_until_retry(&mut self) {
         let pause = self.retry_pause;
-        let deadline = Instant::now() + pause;
+        let deadline = limits::deadline_after(pause);
         while !self.ctx.stopping() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(limits::SHUTDOWN_POLL_MS).min(pause));
         }
@@ -838,7 +838,7 @@ impl<'a> Worker<'a> {
     /// coalescing window.
     fn gather(&mut self, settings: &crate::config::AccountingConfig) {
         let poll = if self.pending.is_empty() { Duration::from_millis(limits::SHUTDOWN_POLL_MS) } else { self.retry_pause };
-        let mut deadline = Instant::now() + poll;
+        let mut deadline = limits::deadline_after(poll);
         let mut first = true;
         let mut notices = Vec::new();
         loop {
@@ -854,7 +854,7 @@ impl<'a> Worker<'a> {
                     notices.push((Instant::now(), parse_notice(n.channel(), n.payload())));
                     if first {
                         first = false;
-                        deadline = Instant::now() + settings.coalesce_window;
+                        deadline = limits::deadline_after(settings.coalesce_window);
                     }
                     if notices.len() >= limits::ACCOUNTING_BATCH_NOTICES_MAX {
                         break;

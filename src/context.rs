@@ -157,7 +157,7 @@ impl Context {
         if map.len() >= limits::BACKED_OFF_JOBS_MAX {
             map.clear();
         }
-        map.insert(key.to_string(), Instant::now() + duration);
+        map.insert(key.to_string(), limits::deadline_after(duration));
     }
 
     /// Capacity appeared somewhere: every backed-off job may try again.

@@ -223,10 +223,10 @@ impl<'a> Feed<'a> {
         let label = slot.cluster.kind.label();
         self.ctx.metrics.frames_dispatched_per_pass.with_label_values(&[label]).observe(finished.result.frames_booked as f64);
         let reason = if finished.result.subscription_full {
-            slot.wake_at = Some((Instant::now() + settings.cluster_empty_sleep, SleepReason::Saturated));
+            slot.wake_at = Some((crate::limits::deadline_after(settings.cluster_empty_sleep), SleepReason::Saturated));
             "saturated"
         } else if finished.result.frames_booked == 0 {
-            slot.wake_at = Some((Instant::now() + settings.cluster_saturated_sleep, SleepReason::Saturated));
+            slot.wake_at = Some((crate::limits::deadline_after(settings.cluster_saturated_sleep), SleepReason::Saturated));
             "saturated"
         } else {
             "booked"

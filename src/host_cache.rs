@@ -338,7 +338,7 @@ impl HostCache {
     /// Keeps a host out of searches for `duration` (after an RQD failure).
     pub fn back_off(&self, id: &str, duration: Duration) {
         if let Some(entry) = self.inner.lock().hosts.get_mut(id) {
-            entry.reserved_until = Some(Instant::now() + duration);
+            entry.reserved_until = Some(crate::limits::deadline_after(duration));
         }
     }
 

@@ -202,3 +202,33 @@ pub const ACCOUNTING_LATE_WAKES_MAX: usize = 1_000;
 /// A cluster is woken by accounting events (releases reconciled, caps raised) at most this
 /// often: a busy show would otherwise be re-queried after every release.
 pub const ACCOUNTING_WAKE_MIN_MS: u64 = 250;
+
+/// Furthest ahead any deadline or back-off is set. Configured durations are range-checked at
+/// load, but a deadline computed as `now + duration` panics on overflow, so every daemon
+/// deadline goes through [`deadline_after`], which caps the wait here: a month is longer
+/// than any sleep, back-off or drain the scheduler has a use for.
+pub const DEADLINE_AHEAD_MAX_S: u64 = 30 * 24 * 3600;
+
+/// `Instant::now() + wait`, with `wait` capped at `DEADLINE_AHEAD_MAX_S`: never panics, whatever
+/// a configuration or a database row says.
+pub fn deadline_after(wait: std::time::Duration) -> std::time::Instant {
+    let now = std::time::Instant::now();
+    let wait = wait.min(std::time::Duration::from_secs(DEADLINE_AHEAD_MAX_S));
+    now.checked_add(wait).unwrap_or(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn deadline_after_caps_absurd_waits() {
+        let before = Instant::now();
+        let capped = deadline_after(Duration::MAX);
+        assert!(capped >= before + Duration::from_secs(DEADLINE_AHEAD_MAX_S));
+        assert!(capped <= Instant::now() + Duration::from_secs(DEADLINE_AHEAD_MAX_S));
+        let short = deadline_after(Duration::from_millis(5));
+        assert!(short >= before + Duration::from_millis(5) && short < before + Duration::from_secs(5));
+    }
+}

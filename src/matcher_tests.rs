@@ -732,6 +732,14 @@ fn cache_back_off() {
 }
 
 #[test]
+fn cache_back_off_of_absurd_length_does_not_panic() {
+    // Instant::now() + Duration::MAX panics; the back-off is capped instead.
+    let cache = cache_with(vec![host(Auto, 8, 8, 16, 16).id("a")]);
+    cache.back_off("a", Duration::MAX);
+    assert!(cache.is_reserved("a"));
+}
+
+#[test]
 fn cache_never_hands_out_stale_hosts() {
     let cache = new_cache();
     let stale = HostRow { host: host(Auto, 8, 2, 16, 16).id("stale"), ping_epoch: 1.0, ping_age_secs: STALENESS_SECS + 1.0 };

@@ -245,7 +245,7 @@ impl Pipeline {
     pub fn shutdown(mut self, drain_timeout: Duration) {
         info!("shutting down: stop fetching, finish matching, drain launches (deadline {drain_timeout:?})");
         self.ctx.stop.store(true, Ordering::SeqCst);
-        *self.ctx.drain_deadline.lock() = Some(Instant::now() + drain_timeout);
+        *self.ctx.drain_deadline.lock() = Some(limits::deadline_after(drain_timeout));
         join(self.fetcher.take(), "job-fetcher");
         for handle in self.matchers.drain(..) {
             join(Some(handle), "matcher");

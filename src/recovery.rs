@@ -100,7 +100,7 @@ pub fn compensate(ctx: &Context, frame_id: &str, version: i32, proc_id: &str) ->
 /// The recovery thread: compensation retries, and the stranded sweep.
 pub fn run(ctx: &Context) {
     let sweep_on = !ctx.settings.dry_run;
-    let mut next_sweep = Instant::now() + ctx.settings.recovery.first_sweep_delay;
+    let mut next_sweep = limits::deadline_after(ctx.settings.recovery.first_sweep_delay);
     while !ctx.stopping() {
         std::thread::sleep(Duration::from_millis(limits::SHUTDOWN_POLL_MS));
         ctx.beat();
@@ -108,7 +108,7 @@ pub fn run(ctx: &Context) {
         retry_due(ctx);
         ctx.metrics.compensation_retries_pending.set(ctx.compensation_retries.len() as i64);
         if sweep_on && Instant::now() >= next_sweep {
-            next_sweep = Instant::now() + ctx.settings.recovery.sweep_interval;
+            next_sweep = limits::deadline_after(ctx.settings.recovery.sweep_interval);
             match sweep(ctx) {
                 Ok(0) => {}
                 Ok(n) => info!("stranded sweep: compensated {n} bookings that were never launched"),
