@@ -164,7 +164,9 @@ impl HostCache {
             let id = Arc::clone(&row.host.id);
             seen.insert(Arc::clone(&id));
             let fresh_for = self.settings.host_staleness_threshold.as_secs_f64() - row.ping_age_secs;
-            let stale_at = now + Duration::from_secs_f64(fresh_for.clamp(0.0, 1e7));
+            // A NaN age (a float from the database) counts as stale: from_secs_f64(NaN) panics.
+            let fresh_for = if fresh_for.is_nan() { 0.0 } else { fresh_for.clamp(0.0, 1e7) };
+            let stale_at = now + Duration::from_secs_f64(fresh_for);
             let entry = hosts.entry(Arc::clone(&id)).or_insert_with(|| Entry {
                 host: row.host.clone(),
                 last_updated: f64::MIN,

@@ -761,6 +761,15 @@ fn cache_never_hands_out_stale_hosts() {
 }
 
 #[test]
+fn cache_treats_a_host_with_an_unreadable_ping_age_as_stale() {
+    // A NaN ping age (a float from the database) must not panic the refresher.
+    let cache = new_cache();
+    let odd = HostRow { host: host(Auto, 8, 8, 16, 16).id("odd"), ping_epoch: 1.0, ping_age_secs: f64::NAN };
+    cache.apply_group(&group(), vec![odd]);
+    assert_eq!(take(&cache, &layer(1, 1), None, &saturation(true, false)), None);
+}
+
+#[test]
 fn cache_insert_rule_keeps_booking_values() {
     let cache = cache_with(vec![host(Auto, 8, 8, 16, 16).id("a")]);
     let l = layer(1, 1);
