@@ -517,19 +517,26 @@ impl Cuebot {
         self.note(Write::Update("job.pk_folder"));
         let moved = txn
             .execute(
-                "UPDATE job SET pk_folder = $2, pk_dept = (SELECT pk_dept FROM folder WHERE pk_folder = $2) WHERE pk_job = $1",
+                "UPDATE job SET pk_folder = $2::text, pk_dept = (SELECT pk_dept FROM folder WHERE pk_folder = $2::text) WHERE pk_job = $1",
                 &[&job, &folder],
             )
             .map_err(db_err("move job"))?;
         if moved != 1 {
             return Err(format!("no job {job}"));
         }
-        self.note(Write::Update("job_history.pk_dept"));
-        txn.execute(
-            "UPDATE job_history SET pk_dept = (SELECT pk_dept FROM folder WHERE pk_folder = $2) WHERE pk_job = $1",
-            &[&job, &folder],
-        )
-        .map_err(db_err("job history"))?;
+        // The project's test schema has no job_history; Cuebot's real one does.
+        let history: bool = txn
+            .query_one("SELECT to_regclass('job_history') IS NOT NULL", &[])
+            .map_err(db_err("job history"))?
+            .get(0);
+        if history {
+            self.note(Write::Update("job_history.pk_dept"));
+            txn.execute(
+            "UPDATE job_history SET pk_dept = (SELECT pk_dept FROM folder WHERE pk_folder = $2::text) WHERE pk_job = $1",
+                &[&job, &folder],
+            )
+            .map_err(db_err("job history"))?;
+        }
         self.note(Write::Commit);
         txn.commit().map_err(db_err("commit move"))
     }

@@ -268,6 +268,13 @@ fn simulator_cap_changes_notify_only_for_managed_shows_in_mode_b() {
         }
     }
     assert_eq!(count(&mut c, &format!("SELECT int_max_cores::bigint FROM folder_resource WHERE pk_folder = '{}'", f.org.folder_id)), -1);
+    // Cuebot's job move (updateParent): folder and department follow the destination folder.
+    let mut seed = f.db.farm();
+    let dept2 = seed.dept("Compositing").expect("dept");
+    let folder2 = seed.folder(&f.org.show_id, &dept2, "moved").expect("folder");
+    Cuebot::new(Mode::Notify).move_job(&mut c, &f.jobs[0], &folder2).expect("move");
+    let row = c.query_one("SELECT pk_folder::text, pk_dept::text FROM job WHERE pk_job = $1", &[&f.jobs[0]]).expect("job");
+    assert_eq!((row.get::<_, String>(0), row.get::<_, String>(1)), (folder2, dept2));
 }
 
 // ------------------------------------------------------------------------------------------
