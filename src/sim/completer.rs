@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 /// A frame run to finish: (due, sequence, frame id, proc id, exit status).
 type Due = Reverse<(Instant, u64, String, String, i32)>;
 
+type Connect = dyn Fn() -> Result<Client, String> + Send + Sync;
+
 /// Called after each completion: (frame id, what it became).
 pub type DoneHook = Box<dyn Fn(&str, &Released) + Send + Sync>;
 
@@ -37,6 +39,8 @@ struct Shared {
     release_secs: Mutex<Vec<f64>>,
     errors: Mutex<Vec<String>>,
     released: Mutex<u64>,
+    /// Reports lost because the database connection was gone.
+    lost: Mutex<u64>,
     on_done: Option<DoneHook>,
 }
 
@@ -54,6 +58,8 @@ pub struct CompleterReport {
     /// Seconds each release (Cuebot's two transactions) took, sorted: its waits on locks the
     /// scheduler holds show here.
     pub release_secs: Vec<f64>,
+    /// Completion reports lost while the database was unreachable (Cuebot loses them too).
+    pub lost: u64,
     pub errors: Vec<String>,
 }
 
@@ -80,7 +86,7 @@ impl Completer {
         threads: usize,
         cuebot: Arc<Cuebot>,
         rqd: Option<FakeRqdHandle>,
-        connect: impl Fn() -> Result<Client, String>,
+        connect: impl Fn() -> Result<Client, String> + Send + Sync + 'static,
         on_done: Option<DoneHook>,
     ) -> Result<Completer, String> {
         let shared = Arc::new(Shared {
@@ -91,15 +97,17 @@ impl Completer {
             release_secs: Mutex::new(Vec::new()),
             errors: Mutex::new(Vec::new()),
             released: Mutex::new(0),
+            lost: Mutex::new(0),
             on_done,
         });
         let mut handles = Vec::new();
+        let connect: Arc<Connect> = Arc::new(connect);
         for n in 0..threads.max(1) {
             let client = connect()?;
-            let (shared, cuebot, rqd) = (Arc::clone(&shared), Arc::clone(&cuebot), rqd.clone());
+            let (shared, cuebot, rqd, connect) = (Arc::clone(&shared), Arc::clone(&cuebot), rqd.clone(), Arc::clone(&connect));
             let handle = std::thread::Builder::new()
                 .name(format!("sim-completer-{n}"))
-                .spawn(move || work(&shared, &cuebot, rqd.as_ref(), client))
+                .spawn(move || work(&shared, &cuebot, rqd.as_ref(), client, &*connect))
                 .map_err(|e| e.to_string())?;
             handles.push(handle);
         }
@@ -140,12 +148,13 @@ impl Completer {
             released: *self.shared.released.lock(),
             lateness_secs: lateness,
             release_secs: release,
+            lost: *self.shared.lost.lock(),
             errors: self.shared.errors.lock().clone(),
         }
     }
 }
 
-fn work(shared: &Shared, cuebot: &Cuebot, rqd: Option<&FakeRqdHandle>, mut client: Client) {
+fn work(shared: &Shared, cuebot: &Cuebot, rqd: Option<&FakeRqdHandle>, mut client: Client, connect: &Connect) {
     loop {
         let job = {
             let mut queue = shared.queue.lock();
@@ -177,6 +186,21 @@ fn work(shared: &Shared, cuebot: &Cuebot, rqd: Option<&FakeRqdHandle>, mut clien
                 *shared.released.lock() += 1;
                 if let Some(hook) = &shared.on_done {
                     hook(&frame_id, &released);
+                }
+            }
+            Err(e) if client.is_closed() => {
+                // The database went away (a restart): like Cuebot, this report is lost (RQD
+                // does not resend it); the connection is made again for the next ones.
+                *shared.lost.lock() += 1;
+                let _ = e;
+                while !shared.stop.load(Ordering::SeqCst) {
+                    match connect() {
+                        Ok(fresh) => {
+                            client = fresh;
+                            break;
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(200)),
+                    }
                 }
             }
             Err(e) => {

@@ -121,8 +121,8 @@ pub fn run(secs: u64, out: &str, server: &Server, schema: &str, schema_sql: &str
     let tally = Arc::new(Tally::default());
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = {
-        let (tally, stop, mut client) = (Arc::clone(&tally), Arc::clone(&stop), server.connect(&db)?);
-        std::thread::spawn(move || sample_caps(&mut client, &tally, &stop))
+        let (tally, stop, srv, name) = (Arc::clone(&tally), Arc::clone(&stop), server.clone(), db.clone());
+        std::thread::spawn(move || sample_caps(&srv, &name, &tally, &stop))
     };
     let started = Instant::now();
     let mut generation = 1;
@@ -132,6 +132,11 @@ pub fn run(secs: u64, out: &str, server: &Server, schema: &str, schema_sql: &str
     while started.elapsed() < Duration::from_secs(secs) {
         std::thread::sleep(Duration::from_secs(1));
         tick += 1;
+        if admin.is_closed() {
+            if let Ok(c) = server.connect(&db) {
+                admin = c;
+            }
+        }
         let now = Instant::now();
         for (i, _) in restart_due.iter().filter(|(_, at)| *at <= now) {
             children.0[*i] = start(*i, generation)?;
@@ -263,7 +268,7 @@ pub fn run(secs: u64, out: &str, server: &Server, schema: &str, schema_sql: &str
         "|---|---|".to_string(),
         format!("| kill -9 of an instance (restarted 2 s later) | {} |", tally.kills.load(Ordering::Relaxed)),
         format!("| connection cut after COMMIT | {} |", tally.commit_cuts.load(Ordering::Relaxed)),
-        format!("| PostgreSQL restart | {} |", tally.pg_restarts.load(Ordering::Relaxed)),
+        format!("| PostgreSQL restart | {} ({} completion reports lost meanwhile, as Cuebot loses them) |", tally.pg_restarts.load(Ordering::Relaxed), report.lost),
         format!("| job moved between folders (and departments) | {} |", tally.moves.load(Ordering::Relaxed)),
         format!("| cap changed (job, folder, subscription burst) | {} |", tally.cap_changes.load(Ordering::Relaxed)),
         format!("| limit changed | {} |", tally.limit_changes.load(Ordering::Relaxed)),
@@ -346,7 +351,8 @@ fn restart_postgres(pgdata: &str) -> Result<(), String> {
 
 /// Every 250 ms: no limit, burst, job or folder cap over its value. A cap an admin lowered
 /// below what already runs is not a violation unless usage grew past it.
-fn sample_caps(client: &mut postgres::Client, tally: &Tally, stop: &AtomicBool) -> Vec<String> {
+fn sample_caps(server: &Server, db: &str, tally: &Tally, stop: &AtomicBool) -> Vec<String> {
+    let mut client: Option<postgres::Client> = None;
     let mut violations = Vec::new();
     let mut last: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
     const CHECKS: &str = "
@@ -366,7 +372,11 @@ fn sample_caps(client: &mut postgres::Client, tally: &Tally, stop: &AtomicBool) 
         FROM folder_resource fr WHERE fr.int_max_cores >= 0";
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(250));
-        let Ok(rows) = client.query(CHECKS, &[]) else { continue };
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            client = server.connect(db).ok(); // the database may be restarting
+        }
+        let Some(c) = client.as_mut() else { continue };
+        let Ok(rows) = c.query(CHECKS, &[]) else { continue };
         tally.samples.fetch_add(1, Ordering::Relaxed);
         for row in rows {
             let (what, used, cap): (String, i64, i64) = (row.get(0), row.get(1), row.get(2));
