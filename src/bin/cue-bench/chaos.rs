@@ -354,7 +354,7 @@ fn restart_postgres(pgdata: &str) -> Result<(), String> {
 fn sample_caps(server: &Server, db: &str, tally: &Tally, stop: &AtomicBool) -> Vec<String> {
     let mut client: Option<postgres::Client> = None;
     let mut violations = Vec::new();
-    let mut last: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    let mut last: std::collections::HashMap<String, (i64, i64)> = std::collections::HashMap::new();
     const CHECKS: &str = "
         SELECT 'limit ' || lr.str_name, (SELECT COALESCE(sum(ls.int_running_count), 0) FROM layer_limit ll JOIN layer_stat ls USING (pk_layer)
                                          WHERE ll.pk_limit_record = lr.pk_limit_record)::bigint, lr.int_max_value::bigint
@@ -380,9 +380,11 @@ fn sample_caps(server: &Server, db: &str, tally: &Tally, stop: &AtomicBool) -> V
         tally.samples.fetch_add(1, Ordering::Relaxed);
         for row in rows {
             let (what, used, cap): (String, i64, i64) = (row.get(0), row.get(1), row.get(2));
-            let before = last.insert(what.clone(), used).unwrap_or(0);
-            if used > cap && used > before {
-                violations.push(format!("{what}: {used} in use over its cap {cap} (was {before})"));
+            // A cap an admin lowered between two samples still allowed what started before;
+            // usage must have grown past every cap in force since the last sample.
+            let (before, cap_before) = last.insert(what.clone(), (used, cap)).unwrap_or((0, cap));
+            if used > cap.max(cap_before) && used > before {
+                violations.push(format!("{what}: {used} in use over its cap {cap} (was {before}, cap before {cap_before})"));
             }
         }
     }
