@@ -84,7 +84,13 @@ fn healthy(port: u16) -> bool {
 }
 
 fn alive(child: &mut Child) -> bool {
-    matches!(child.try_wait(), Ok(None))
+    match child.try_wait() {
+        Ok(None) => true,
+        other => {
+            eprintln!("the scheduler is not running: {other:?}");
+            false
+        }
+    }
 }
 
 impl Daemon {
@@ -99,6 +105,14 @@ impl Daemon {
 
     fn stop(mut self) -> Option<i32> {
         procs::stop(&mut self.child, Duration::from_secs(20)).exit_code
+    }
+}
+
+impl Drop for Daemon {
+    /// A failed assertion must not leave the scheduler running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
