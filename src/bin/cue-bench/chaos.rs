@@ -143,7 +143,7 @@ pub fn run(secs: u64, out: &str, server: &Server, schema: &str, schema_sql: &str
             generation += 1;
         }
         restart_due.retain(|(_, at)| *at > now);
-        if tick % 6 == 0 {
+        if tick.is_multiple_of(6) {
             let i = rng.range(0, INSTANCES as i64 - 1) as usize;
             if !restart_due.iter().any(|(j, _)| *j == i) {
                 let _ = children.0[i].kill(); // SIGKILL
@@ -152,7 +152,7 @@ pub fn run(secs: u64, out: &str, server: &Server, schema: &str, schema_sql: &str
                 restart_due.push((i, now + Duration::from_secs(2)));
             }
         }
-        if tick % 3 == 0 {
+        if tick.is_multiple_of(3) {
             let job = rng.pick(&jobs).clone();
             let folder = if rng.chance(0.5) { folder2.clone() } else { org.folder_id.clone() };
             match cuebot.move_job(&mut admin, &job, &folder) {
@@ -162,7 +162,7 @@ pub fn run(secs: u64, out: &str, server: &Server, schema: &str, schema_sql: &str
                 Err(e) => eprintln!("chaos: job move failed: {e}"),
             }
         }
-        if tick % 4 == 0 {
+        if tick.is_multiple_of(4) {
             let job = rng.pick(&jobs).clone();
             let ok = match rng.range(0, 3) {
                 0 => cuebot.set_job_max_cores(&mut admin, &job, rng.range(4, 20) as i32 * 100),
@@ -176,13 +176,13 @@ pub fn run(secs: u64, out: &str, server: &Server, schema: &str, schema_sql: &str
                 Err(e) => eprintln!("chaos: cap change failed: {e}"),
             }
         }
-        if tick % 5 == 0 {
+        if tick.is_multiple_of(5) {
             let max = rng.range(3, 9) as i32;
             if admin.execute("UPDATE limit_record SET int_max_value = $1 WHERE pk_limit_record = 'CHAOS-LIMIT'", &[&max]).is_ok() {
                 tally.limit_changes.fetch_add(1, Ordering::Relaxed);
             }
         }
-        if tick % 7 == 0 {
+        if tick.is_multiple_of(7) {
             proxy.arm(CUT_AFTER_COMMIT);
             tally.commit_cuts.fetch_add(1, Ordering::Relaxed);
         }
