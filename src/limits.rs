@@ -1,6 +1,6 @@
 //! Every fixed bound of the process, in one place, with its unit last in its name.
 //!
-//! Configurable limits live in `config.rs`; these are the ones an operator should never need to
+//! Configurable limits live in `config/keys.rs` (the key table's ranges); these are the ones an operator should never need to
 //! touch. Each says why it has its value.
 
 /// Cluster passes queued between the job fetcher and the matchers. Small: a pass is a snapshot
@@ -232,3 +232,7 @@ mod tests {
         assert!(short >= before + Duration::from_millis(5) && short < before + Duration::from_secs(5));
     }
 }
+
+/// The largest configuration file read. The sample with every key and its comments is about
+/// 10 KiB; a bigger file is a mistake (or `/dev/zero`), refused instead of slurped.
+pub const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;
