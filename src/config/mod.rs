@@ -49,49 +49,28 @@ use values as de;
 // ------------------------------------------------------------------------------------------------
 
 /// Why the configuration could not be loaded. Every variant displays as a single line.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The configuration file could not be read.
+    #[error("cannot read configuration file `{path}`: {}", one_line(.message))]
     Io { path: String, message: String },
     /// The file is not valid YAML, or its top level is not a mapping.
+    #[error("invalid configuration file `{path}`: {}", one_line(.message))]
     Yaml { path: String, message: String },
     /// A key that the scheduler does not know (dotted path, e.g. `queue.foo`).
-    UnknownKey {
-        key: String,
-        suggestion: Option<String>,
-    },
+    #[error("unknown configuration key `{key}`{}", did_you_mean(.suggestion))]
+    UnknownKey { key: String, suggestion: Option<String> },
     /// A known key with a value of the wrong type or out of range.
+    #[error("bad value for `{key}`: {}", one_line(.message))]
     BadValue { key: String, message: String },
     /// Two settings (aliases, or two environment spellings) disagree.
+    #[error("conflicting configuration: {}", one_line(.message))]
     Conflict { message: String },
 }
 
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConfigError::Io { path, message } => {
-                write!(f, "cannot read configuration file `{path}`: {}", one_line(message))
-            }
-            ConfigError::Yaml { path, message } => {
-                write!(f, "invalid configuration file `{path}`: {}", one_line(message))
-            }
-            ConfigError::UnknownKey { key, suggestion: Some(s) } => {
-                write!(f, "unknown configuration key `{key}` (did you mean `{s}`?)")
-            }
-            ConfigError::UnknownKey { key, suggestion: None } => {
-                write!(f, "unknown configuration key `{key}`")
-            }
-            ConfigError::BadValue { key, message } => {
-                write!(f, "bad value for `{key}`: {}", one_line(message))
-            }
-            ConfigError::Conflict { message } => {
-                write!(f, "conflicting configuration: {}", one_line(message))
-            }
-        }
-    }
+fn did_you_mean(suggestion: &Option<String>) -> String {
+    suggestion.as_ref().map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default()
 }
-
-impl std::error::Error for ConfigError {}
 
 impl ConfigError {
     /// The configuration key the error is about, for `UnknownKey` and `BadValue`.
