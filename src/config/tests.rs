@@ -1078,3 +1078,18 @@ fn a_file_without_settings_is_warned_about() {
     assert!(Config::load(None, &no_env()).unwrap().0.warnings.is_empty());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+#[test]
+fn alias_bombs_and_overflowing_sizes_are_refused() {
+    // Nine levels of nine aliases ("billion laughs") would expand to 9^9 strings.
+    let mut yaml = String::from("a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    for (prev, name) in "abcdefgh".chars().zip("bcdefghi".chars()) {
+        yaml.push_str(&format!("{name}: &{name} [{}]\n", vec![format!("*{prev}"); 9].join(", ")));
+    }
+    yaml.push_str("queue: {selfish_services: *i}\n");
+    let started = std::time::Instant::now();
+    assert!(matches!(parse(&yaml), Err(ConfigError::Yaml { .. })));
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    // A fraction that carries a size past u128 (a debug-build overflow panic before).
+    let e = parse_err("queue: {memory_stranded_threshold: '340282366920938463463374607431768211.9KB'}");
+    assert_eq!(e.key(), Some("queue.memory_stranded_threshold"), "{e}");
+}

@@ -272,7 +272,7 @@ pub fn parse_byte_size(text: &str) -> Result<u64, String> {
     let mut bytes = whole.checked_mul(multiplier).ok_or("size is too large")?;
     if !frac_part.is_empty() {
         let frac: u128 = frac_part.parse().map_err(|_| format!("`{number}` is not a valid number"))?;
-        bytes += frac * multiplier / 10u128.pow(frac_part.len() as u32);
+        bytes = bytes.checked_add(frac * multiplier / 10u128.pow(frac_part.len() as u32)).ok_or("size is too large")?;
     }
     u64::try_from(bytes).map_err(|_| "size is too large".to_string())
 }
