@@ -612,7 +612,7 @@ pub fn check_range(path: &str, value: Number) -> Result<(), ConfigError> {
                 let head = if below && open { format!("must be greater than {min}") } else if below { format!("must be at least {min}") } else { format!("must be at most {max}") };
                 return Err(ConfigError::BadValue {
                     key: path.to_string(),
-                    message: format!("{head} (allowed: {} {min} to {max}), got {v}", if open { "above" } else { "from" }),
+                    message: format!("{head} (allowed: {}), got {v}", describe_range(range).unwrap_or_default()),
                 });
             }
             Ok(())
