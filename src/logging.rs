@@ -160,7 +160,7 @@ impl log::Log for Facade {
 
     fn log(&self, record: &log::Record) {
         if let Some(level) = Facade::level(record.level()).filter(|l| enabled(*l)) {
-            write(level, format_args!("{}: {}", record.target(), escape(&record.args().to_string())));
+            write(level, format_args!("{}: {}", record.target(), record.args()));
         }
     }
 
@@ -168,6 +168,11 @@ impl log::Log for Facade {
 }
 
 static FACADE: Facade = Facade;
+
+/// Tests that point the global sink at a file take this first, so they do not swap it under
+/// each other.
+#[cfg(test)]
+static SINK_TEST_LOCK: Mutex<()> = Mutex::new(());
 
 /// Routes library crates' `log` records to our output. Idempotent: a second call (or another
 /// logger installed first) leaves the first in place.
@@ -206,6 +211,7 @@ mod tests {
     #[test]
     fn library_records_reach_our_output_in_our_format() {
         install_facade();
+        let _sink = SINK_TEST_LOCK.lock();
         let path = std::env::temp_dir().join(format!("cue-scheduler-facade-{}.log", std::process::id()));
         log_to_file(&path.display().to_string()).expect("log file");
         let thread = std::thread::Builder::new()
@@ -259,6 +265,7 @@ mod escape_tests {
 
     #[test]
     fn a_logged_name_with_a_newline_stays_on_one_line() {
+        let _sink = super::SINK_TEST_LOCK.lock();
         let path = std::env::temp_dir().join(format!("cue-scheduler-log-escape-{}.log", std::process::id()));
         super::log_to_file(path.to_str().expect("path")).expect("log file");
         let name = "evil\n2026-12-03T00:00:00.000Z ERROR [main] forged line";
