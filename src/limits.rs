@@ -203,6 +203,10 @@ pub const ACCOUNTING_LATE_WAKES_MAX: usize = 1_000;
 /// often: a busy show would otherwise be re-queried after every release.
 pub const ACCOUNTING_WAKE_MIN_MS: u64 = 250;
 
+/// The largest configuration file read. The sample with every key and its comments is about
+/// 10 KiB; a bigger file is a mistake (or `/dev/zero`), refused instead of slurped.
+pub const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;
+
 /// Furthest ahead any deadline or back-off is set. Configured durations are range-checked at
 /// load, but a deadline computed as `now + duration` panics on overflow, so every daemon
 /// deadline goes through [`deadline_after`], which caps the wait here: a month is longer
@@ -232,7 +236,3 @@ mod tests {
         assert!(short >= before + Duration::from_millis(5) && short < before + Duration::from_secs(5));
     }
 }
-
-/// The largest configuration file read. The sample with every key and its comments is about
-/// 10 KiB; a bigger file is a mistake (or `/dev/zero`), refused instead of slurped.
-pub const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;
