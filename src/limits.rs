@@ -1,6 +1,6 @@
 //! Every fixed bound of the process, in one place, with its unit last in its name.
 //!
-//! Configurable limits live in `config.rs`; these are the ones an operator should never need to
+//! Configurable limits live in `config/keys.rs` (the key table's ranges); these are the ones an operator should never need to
 //! touch. Each says why it has its value.
 
 /// Cluster passes queued between the job fetcher and the matchers. Small: a pass is a snapshot
@@ -202,6 +202,10 @@ pub const ACCOUNTING_LATE_WAKES_MAX: usize = 1_000;
 /// A cluster is woken by accounting events (releases reconciled, caps raised) at most this
 /// often: a busy show would otherwise be re-queried after every release.
 pub const ACCOUNTING_WAKE_MIN_MS: u64 = 250;
+
+/// The largest configuration file read. The sample with every key and its comments is about
+/// 10 KiB; a bigger file is a mistake (or `/dev/zero`), refused instead of slurped.
+pub const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;
 
 /// Furthest ahead any deadline or back-off is set. Configured durations are range-checked at
 /// load, but a deadline computed as `now + duration` panics on overflow, so every daemon

@@ -1,7 +1,16 @@
 //! One line per event: UTC time, level, thread name, message. Written to stderr or to a file
 //! (`logging.file_appender`). The level can be changed at run time (SIGUSR1, SIGHUP).
 //!
-//! Deliberately tiny: the process logs events, not traces, and must not pull in a framework.
+//! Our own lines come from the `error!`/`warn!`/`info!`/`debug!` macros below. Library crates
+//! log through the `log` facade (r2d2 reports failed pool connections that way);
+//! [`install_facade`] sends those records to the same output, in the same format, with the
+//! crate's target in front and control characters escaped. Library debug and trace records are
+//! dropped even in debug mode: the postgres driver would log every statement with its
+//! parameters.
+//!
+//! Kept hand-written, deliberately: the line format and its UTC timestamp (20 lines, tested;
+//! a date crate for one format is not worth a dependency), the sink, and the level switch that
+//! SIGUSR1/SIGUSR2 flip at run time with one atomic store.
 
 use parking_lot::Mutex;
 use std::fmt::Arguments;
@@ -129,6 +138,50 @@ pub fn write(level: Level, args: Arguments) {
     }
 }
 
+/// Forwards the `log` facade's records (library crates) to [`write`].
+struct Facade;
+
+impl Facade {
+    /// Library records at info and above, mapped to our levels.
+    fn level(level: log::Level) -> Option<Level> {
+        match level {
+            log::Level::Error => Some(Level::Error),
+            log::Level::Warn => Some(Level::Warn),
+            log::Level::Info => Some(Level::Info),
+            log::Level::Debug | log::Level::Trace => None,
+        }
+    }
+}
+
+impl log::Log for Facade {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        Facade::level(metadata.level()).is_some_and(enabled)
+    }
+
+    fn log(&self, record: &log::Record) {
+        if let Some(level) = Facade::level(record.level()).filter(|l| enabled(*l)) {
+            write(level, format_args!("{}: {}", record.target(), record.args()));
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+static FACADE: Facade = Facade;
+
+/// Tests that point the global sink at a file take this first, so they do not swap it under
+/// each other.
+#[cfg(test)]
+static SINK_TEST_LOCK: Mutex<()> = Mutex::new(());
+
+/// Routes library crates' `log` records to our output. Idempotent: a second call (or another
+/// logger installed first) leaves the first in place.
+pub fn install_facade() {
+    if log::set_logger(&FACADE).is_ok() {
+        log::set_max_level(log::LevelFilter::Info);
+    }
+}
+
 #[macro_export]
 macro_rules! error { ($($t:tt)*) => { $crate::logging::write($crate::logging::Level::Error, format_args!($($t)*)) } }
 #[macro_export]
@@ -153,6 +206,31 @@ mod tests {
         for (secs, want) in cases {
             assert_eq!(format_utc(Duration::from_secs(secs)), want, "{secs}");
         }
+    }
+
+    #[test]
+    fn library_records_reach_our_output_in_our_format() {
+        install_facade();
+        let _sink = SINK_TEST_LOCK.lock();
+        let path = std::env::temp_dir().join(format!("cue-scheduler-facade-{}.log", std::process::id()));
+        log_to_file(&path.display().to_string()).expect("log file");
+        let thread = std::thread::Builder::new()
+            .name("facade-test".into())
+            .spawn(|| {
+                log::error!(target: "r2d2", "error connecting to server\nINFO forged line");
+                log::info!(target: "somecrate", "informational");
+                log::debug!(target: "tokio_postgres", "executing statement s1 with parameters: [42]");
+            })
+            .expect("spawn");
+        thread.join().expect("join");
+        *SINK.lock() = None;
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let _ = std::fs::remove_file(&path);
+        let ours: Vec<&str> = text.lines().filter(|l| l.contains("[facade-test]")).collect();
+        assert_eq!(ours.len(), 2, "{text}");
+        assert!(ours[0].ends_with("ERROR [facade-test] r2d2: error connecting to server\\nINFO forged line"), "{}", ours[0]);
+        assert!(ours[0].get(..24).is_some_and(|t| t.ends_with('Z')), "{}", ours[0]);
+        assert!(ours[1].ends_with("INFO  [facade-test] somecrate: informational"), "{}", ours[1]);
     }
 
     #[test]
@@ -187,6 +265,7 @@ mod escape_tests {
 
     #[test]
     fn a_logged_name_with_a_newline_stays_on_one_line() {
+        let _sink = super::SINK_TEST_LOCK.lock();
         let path = std::env::temp_dir().join(format!("cue-scheduler-log-escape-{}.log", std::process::id()));
         super::log_to_file(path.to_str().expect("path")).expect("log file");
         let name = "evil\n2026-12-03T00:00:00.000Z ERROR [main] forged line";

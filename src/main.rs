@@ -21,6 +21,7 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 const GIT_HASH: &str = env!("CUE_SCHEDULER_GIT_HASH");
 
 fn main() -> ExitCode {
+    logging::install_facade();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let cli = match cli::parse("cue-scheduler", &args) {
         Ok(cli) => cli,

@@ -1,35 +1,27 @@
-//! Process signals as flags. Handlers only store to atomics (async-signal-safe); the main
-//! thread polls them every `limits::SHUTDOWN_POLL_MS`.
+//! Process signals as flags, registered with `signal-hook` (its handlers only store to the
+//! atomics, which is async-signal-safe); the main thread polls them every
+//! `limits::SHUTDOWN_POLL_MS`. SIGTERM and SIGINT stop the scheduler, SIGHUP reloads the
+//! configuration, SIGUSR1 and SIGUSR2 toggle debug logging.
 
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 
-static TERMINATE: AtomicBool = AtomicBool::new(false);
-static RELOAD: AtomicBool = AtomicBool::new(false);
-static TOGGLE_DEBUG: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(signal: libc::c_int) {
-    match signal {
-        libc::SIGTERM | libc::SIGINT => TERMINATE.store(true, Ordering::SeqCst),
-        libc::SIGHUP => RELOAD.store(true, Ordering::SeqCst),
-        libc::SIGUSR1 | libc::SIGUSR2 => TOGGLE_DEBUG.store(true, Ordering::SeqCst),
-        _ => {}
-    }
-}
+static TERMINATE: LazyLock<Arc<AtomicBool>> = LazyLock::new(Arc::default);
+static RELOAD: LazyLock<Arc<AtomicBool>> = LazyLock::new(Arc::default);
+static TOGGLE_DEBUG: LazyLock<Arc<AtomicBool>> = LazyLock::new(Arc::default);
 
 /// Installs the handlers for SIGTERM, SIGINT, SIGHUP, SIGUSR1 and SIGUSR2.
 pub fn install() -> std::io::Result<()> {
-    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2] {
-        // SAFETY: the handler only touches atomics; sigaction is given a zeroed, filled struct.
-        let rc = unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
-            action.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(signal, &action, std::ptr::null_mut())
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+    let flags: [(i32, &Arc<AtomicBool>); 5] = [
+        (SIGTERM, &TERMINATE),
+        (SIGINT, &TERMINATE),
+        (SIGHUP, &RELOAD),
+        (SIGUSR1, &TOGGLE_DEBUG),
+        (SIGUSR2, &TOGGLE_DEBUG),
+    ];
+    for (signal, flag) in flags {
+        signal_hook::flag::register(signal, Arc::clone(flag))?;
     }
     Ok(())
 }

@@ -146,3 +146,75 @@ fn sighup_reloads_and_logs_what_changed() {
     assert!(logged, "{}", std::fs::read_to_string(&log_path).unwrap_or_default());
     assert_eq!(usage.exit_code, Some(0));
 }
+
+/// SIGHUP with an out-of-range value (issue 9 item 5): the reload is refused, naming the key,
+/// and the running configuration stays in effect; the process keeps answering and stops cleanly.
+#[test]
+fn sighup_refuses_an_out_of_range_value_and_keeps_running() {
+    let db = TestDb::new("daemon_hup_range", Schema::Project).expect("db");
+    let mut farm = db.farm();
+    let o = org(&mut farm, 100_000);
+    farm.hosts(&[host("h1", &o.general_alloc, "general", 4, 8)]).expect("hosts");
+    let (path, port) = config(&db, "hup_range", "rqd:\n  dry_run_mode: true\n");
+    let log_name = format!("cue-scheduler-hup-range-{}.log", std::process::id());
+    let mut child = spawn(&db, &path, &log_name);
+    assert!(wait_for(Duration::from_secs(15), || procs::http_get(port, "/readyz").map(|(s, _)| s == 200).unwrap_or(false)));
+    let text = std::fs::read_to_string(&path)
+        .expect("read")
+        .replace("cluster_empty_sleep: 200ms", "cluster_empty_sleep: 18446744073709551615s");
+    std::fs::write(&path, text).expect("write");
+    signal(&child, libc::SIGHUP);
+    let log_path = std::env::temp_dir().join(&log_name);
+    let refused = wait_for(Duration::from_secs(10), || {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        log.contains("SIGHUP: configuration not reloaded") && log.contains("queue.cluster_empty_sleep")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let health = procs::http_get(port, "/healthz");
+    let usage = procs::stop(&mut child, Duration::from_secs(20));
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(refused, "{log}");
+    assert!(!log.contains("SIGHUP: queue.cluster_empty_sleep"), "the bad value was applied: {log}");
+    assert_eq!(health.map(|(s, _)| s).ok(), Some(200), "{log}");
+    assert_eq!(usage.exit_code, Some(0), "{log}");
+}
+
+/// SIGUSR1 and SIGUSR2 toggle debug logging, SIGINT stops the process cleanly (exit 0).
+#[test]
+fn sigusr_toggles_debug_and_sigint_stops() {
+    let db = TestDb::new("daemon_usr", Schema::Project).expect("db");
+    let mut farm = db.farm();
+    let o = org(&mut farm, 100_000);
+    farm.hosts(&[host("h1", &o.general_alloc, "general", 4, 8)]).expect("hosts");
+    let (path, port) = config(&db, "usr", "rqd:\n  dry_run_mode: true\n");
+    let log_name = format!("cue-scheduler-usr-{}.log", std::process::id());
+    let mut child = spawn(&db, &path, &log_name);
+    assert!(wait_for(Duration::from_secs(15), || procs::http_get(port, "/readyz").map(|(s, _)| s == 200).unwrap_or(false)));
+    let log_path = std::env::temp_dir().join(&log_name);
+    let logged = |text: &str| {
+        let text = text.to_string();
+        let log_path = log_path.clone();
+        wait_for(Duration::from_secs(10), move || std::fs::read_to_string(&log_path).unwrap_or_default().contains(&text))
+    };
+    signal(&child, libc::SIGUSR1);
+    let on = logged("debug logging on");
+    signal(&child, libc::SIGUSR2);
+    let off = logged("debug logging off");
+    signal(&child, libc::SIGINT);
+    // Wait for the process to stop by itself (procs::stop would send SIGTERM).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        match child.try_wait().expect("wait") {
+            Some(status) => break Some(status),
+            None if Instant::now() > deadline => break None,
+            None => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    if status.is_none() {
+        procs::stop(&mut child, Duration::from_secs(5));
+    }
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(on && off, "{log}");
+    assert!(log.contains("termination signal received"), "{log}");
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{log}");
+}
