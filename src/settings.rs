@@ -183,7 +183,7 @@ impl Settings {
             matcher_threads: q.worker_threads.max(1),
             cluster_buffer_size: q.stream.cluster_buffer_size.max(1),
             metrics_port: Some(q.metrics_port),
-            metrics_address: "0.0.0.0".into(),
+            metrics_address: q.metrics_address.clone(),
             shutdown_drain_timeout: Duration::from_millis(crate::limits::SHUTDOWN_DRAIN_TIMEOUT_MS),
             cuebot_booking_off: false,
             accounting: config.accounting.clone(),

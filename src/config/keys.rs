@@ -101,6 +101,7 @@ pub const KEYS: &[Key] = &[
     key("queue.frame_memory_hard_limit", "2.0", MEMORY_FACTOR),
     // 0 picks a free port.
     key("queue.metrics_port", "9090", Int(0, 65_535)),
+    key("queue.metrics_address", "0.0.0.0", Any),
     key("queue.stream.cluster_buffer_size", "3", Int(1, 1000)),
     key("queue.stream.job_buffer_size", "3", Int(1, 1000)),
     unset("queue.host_booking_strategy.type", Any),

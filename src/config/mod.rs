@@ -205,6 +205,9 @@ pub struct QueueConfig {
     pub frame_memory_hard_limit: f64,
     #[serde(deserialize_with = "de::uint")]
     pub metrics_port: u16,
+    /// Address the metrics/health endpoint binds (our addition; all interfaces by default).
+    #[serde(deserialize_with = "de::string")]
+    pub metrics_address: String,
     pub stream: StreamConfig,
     pub host_booking_strategy: HostBookingStrategy,
 }
