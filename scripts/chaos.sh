@@ -14,5 +14,5 @@ ensure_build_tools
 THROWAWAY_PG_PORT=${CHAOS_PG_PORT:-54331} start_throwaway_db
 export CHAOS_PGDATA="$THROWAWAY_PGDATA" CHAOS_PGUSER="$THROWAWAY_OWNER"
 bin_dir=$(build_bins cue-scheduler cue-bench)
-args=(--workload chaos --out chaos-out)
+args=(--workload chaos)
 "$bin_dir/cue-bench" "${args[@]}" "$@"
