@@ -91,6 +91,17 @@ impl Keys {
         self.points.extend(other.points);
     }
 
+    /// Adds a row named as the reconcile statements name them: (table, key 1, key 2).
+    fn insert(&mut self, table: &str, k1: String, k2: String) {
+        match table {
+            "subscription" => self.subs.insert((k1, k2)),
+            "layer_resource" => self.layers.insert(k1),
+            "job_resource" => self.jobs.insert(k1),
+            "folder_resource" => self.folders.insert(k1),
+            _ => self.points.insert((k1, k2)),
+        };
+    }
+
     fn add_release(&mut self, r: &Release) {
         self.subs.insert((r.show.clone(), r.alloc.clone()));
         self.layers.insert(r.layer.clone());
@@ -360,13 +371,7 @@ pub fn reconcile(client: &mut Client, keys: &Keys) -> Result<Reconciled, DbError
     for row in &locked {
         let (t, k1, k2, show): (String, String, String, String) = (row.get(0), row.get(1), row.get(2), row.get(3));
         let (cap1, cap2): (i64, i64) = (row.get(4), row.get(5));
-        match t.as_str() {
-            "subscription" => got.subs.insert((k1.clone(), k2.clone())),
-            "layer_resource" => got.layers.insert(k1.clone()),
-            "job_resource" => got.jobs.insert(k1.clone()),
-            "folder_resource" => got.folders.insert(k1.clone()),
-            _ => got.points.insert((k1.clone(), k2.clone())),
-        };
+        got.insert(&t, k1.clone(), k2.clone());
         if let Some(i) = table_index(&t) {
             out.rows[i] += 1;
         }
@@ -445,14 +450,7 @@ fn existing_keys(txn: &mut postgres::Transaction, keys: &Keys) -> Result<Keys, D
         .map_err(DbError::query("find held rollup rows"))?;
     let mut out = Keys::default();
     for row in &rows {
-        let (t, k1, k2): (String, String, String) = (row.get(0), row.get(1), row.get(2));
-        match t.as_str() {
-            "subscription" => out.subs.insert((k1, k2)),
-            "layer_resource" => out.layers.insert(k1),
-            "job_resource" => out.jobs.insert(k1),
-            "folder_resource" => out.folders.insert(k1),
-            _ => out.points.insert((k1, k2)),
-        };
+        out.insert(row.get(0), row.get(1), row.get(2));
     }
     Ok(out)
 }
@@ -495,14 +493,7 @@ pub fn drift_keys(client: &mut Client, shows: &[String]) -> Result<Keys, DbError
     }
     let rows = client.query(DRIFT_SQL, &[&shows]).map_err(DbError::query("find drifted rollups"))?;
     for row in &rows {
-        let (t, k1, k2): (String, String, String) = (row.get(0), row.get(1), row.get(2));
-        match t.as_str() {
-            "subscription" => keys.subs.insert((k1, k2)),
-            "layer_resource" => keys.layers.insert(k1),
-            "job_resource" => keys.jobs.insert(k1),
-            "folder_resource" => keys.folders.insert(k1),
-            _ => keys.points.insert((k1, k2)),
-        };
+        keys.insert(row.get(0), row.get(1), row.get(2));
     }
     Ok(keys)
 }

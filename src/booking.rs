@@ -482,14 +482,7 @@ impl Booker {
         let ids: Vec<String> = col(&row, 1, CTX)?;
         let [c, m, g, gm]: [Vec<i64>; 4] = [col(&row, 2, CTX)?, col(&row, 3, CTX)?, col(&row, 4, CTX)?, col(&row, 5, CTX)?];
         let db_time: f64 = col(&row, 6, CTX)?;
-        let hosts = ids
-            .into_iter()
-            .enumerate()
-            .map(|(i, id)| {
-                let v = |a: &Vec<i64>| a.get(i).copied().unwrap_or(0);
-                (id, IdleValues { cores_idle: v(&c), mem_idle: v(&m), gpus_idle: v(&g), gpu_mem_idle: v(&gm) })
-            })
-            .collect();
+        let hosts = idle_by_host(ids, [c, m, g, gm]);
         let frames = frames.into_iter().filter(|f| found.contains(&f.proc_id)).collect();
         Ok(Charged::Booked { frames, hosts, db_time })
     }
@@ -601,15 +594,17 @@ fn book_frames(client: &mut Client, statements: &Statements, batch: &Batch) -> R
         }
         return Err(DbError::Query { context: "commit booking", source: e });
     }
-    let idle = ids
-        .into_iter()
-        .enumerate()
-        .map(|(i, id)| {
-            let v = |a: &Vec<i64>| a.get(i).copied().unwrap_or(0);
-            (id, IdleValues { cores_idle: v(&c), mem_idle: v(&m), gpus_idle: v(&g), gpu_mem_idle: v(&gm) })
-        })
-        .collect();
+    let idle = idle_by_host(ids, [c, m, g, gm]);
     Ok(Charged::Booked { frames: booked, hosts: idle, db_time })
+}
+
+/// Pairs host ids with the idle columns read for them (arrays in the same order).
+fn idle_by_host(ids: Vec<String>, [c, m, g, gm]: [Vec<i64>; 4]) -> Vec<(String, IdleValues)> {
+    let v = |a: &Vec<i64>, i: usize| a.get(i).copied().unwrap_or(0);
+    ids.into_iter()
+        .enumerate()
+        .map(|(i, id)| (id, IdleValues { cores_idle: v(&c, i), mem_idle: v(&m, i), gpus_idle: v(&g, i), gpu_mem_idle: v(&gm, i) }))
+        .collect()
 }
 
 /// Maps Cuebot's guard-trigger messages to outcomes; anything else stays an error.
