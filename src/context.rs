@@ -210,6 +210,20 @@ impl Context {
         }
     }
 
+    /// Waits for the next item of a pipeline channel while showing the thread is alive:
+    /// beats every `10 × SHUTDOWN_POLL_MS` while idle. `None` once the channel is closed.
+    pub fn recv_beating<T>(&self, rx: &crossbeam::channel::Receiver<T>) -> Option<T> {
+        loop {
+            self.beat();
+            self.test_panic_hook();
+            match rx.recv_timeout(std::time::Duration::from_millis(limits::SHUTDOWN_POLL_MS * 10)) {
+                Ok(item) => return Some(item),
+                Err(crossbeam::channel::RecvTimeoutError::Timeout) => continue,
+                Err(crossbeam::channel::RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+    }
+
     /// The calling thread ended (normally or not): it is no longer watched for stalls.
     pub fn forget_heartbeat(&self) {
         if let Some(name) = std::thread::current().name() {

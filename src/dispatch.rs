@@ -14,14 +14,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 pub fn run_dispatcher(ctx: &Context, launches: Receiver<Launch>) {
-    loop {
-        ctx.beat();
-        ctx.test_panic_hook();
-        let launch = match launches.recv_timeout(Duration::from_millis(limits::SHUTDOWN_POLL_MS * 10)) {
-            Ok(launch) => launch,
-            Err(crossbeam::channel::RecvTimeoutError::Timeout) => continue,
-            Err(crossbeam::channel::RecvTimeoutError::Disconnected) => break,
-        };
+    while let Some(launch) = ctx.recv_beating(&launches) {
         let past_deadline = ctx.drain_deadline.lock().is_some_and(|deadline| Instant::now() > deadline);
         if past_deadline {
             info!("shutdown deadline passed: compensating frame {} instead of launching it", launch.frame_id);

@@ -202,14 +202,7 @@ impl Pipeline {
                         return;
                     }
                 };
-                loop {
-                    ctx.beat();
-                    ctx.test_panic_hook();
-                    let pass = match rx.recv_timeout(Duration::from_millis(limits::SHUTDOWN_POLL_MS * 10)) {
-                        Ok(pass) => pass,
-                        Err(crossbeam::channel::RecvTimeoutError::Timeout) => continue,
-                        Err(crossbeam::channel::RecvTimeoutError::Disconnected) => break,
-                    };
+                while let Some(pass) = ctx.recv_beating(&rx) {
                     let result = pool.install(|| pass::run_pass(&ctx, &pass, &tx));
                     let _ = done.send(PassDone { cluster: pass.cluster, result });
                 }

@@ -2,12 +2,12 @@
 //! COMMIT (in both directions), a booking left behind by a process that died before launching
 //! it, and an RQD that accepts a frame and loses it.
 
-use crate::support::{self, host, job, org, wait_for, Schema, TestDb};
+use crate::support::{self, host, job, org, wait_for, Org, Schema, TestDb};
 use cue_scheduler::booking::{BatchPlan, BookOutcome, Booker, PlannedFrame};
 use cue_scheduler::metrics::Metrics;
 use cue_scheduler::pipeline::Pipeline;
 use cue_scheduler::sim::fake_rqd::{loopback_address, Behaviour, FakeRqd};
-use cue_scheduler::sim::farm::LayerSpec;
+use cue_scheduler::sim::farm::{JobIds, LayerSpec};
 use cue_scheduler::sim::proxy::{CommitCutter, CUT_AFTER_COMMIT, CUT_INSTEAD_OF_COMMIT};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,22 +22,9 @@ fn cut_commit(mode: u8, test: &str) {
     let mut settings = db.db_settings();
     settings.connection_string = settings.connection_string.replace(&format!("port={}", db.server.port), &format!("port={}", proxy.port));
     let mut booker = Booker::new(settings, true);
-    let plan = BatchPlan {
-        host_id: &hosts["cut-h"],
-        host_name: "cut-h",
-        show_id: &o.show_id,
-        job_id: &ids.job_id,
-        layer_id: &ids.layers["render"],
-        layer_limited: false,
-        mem: 1_048_576,
-        gpus: 0,
-        gpu_mem: 0,
-        mem_used_initial: 262_144,
-        update_stat_on_book: false,
-        frames: ["0001-render", "0002-render"].iter().map(|n| PlannedFrame { frame_id: ids.frames[*n].clone(), version: 0, cores: 100 }).collect(),
-    };
+    let plan = render_plan(&o, &ids, &hosts["cut-h"], "cut-h", &["0001-render", "0002-render"]);
     // A first booking through the proxy warms the connection (prepared statements).
-    let warm = booker.book(&BatchPlan { frames: vec![PlannedFrame { frame_id: ids.frames["0003-render"].clone(), version: 0, cores: 100 }], ..plan_clone(&plan) }).expect("warm");
+    let warm = booker.book(&render_plan(&o, &ids, &hosts["cut-h"], "cut-h", &["0003-render"])).expect("warm");
     assert!(matches!(warm, BookOutcome::Booked { .. }));
     proxy.arm(mode);
     let outcome = booker.book(&plan).expect("the lost COMMIT is settled, not an error");
@@ -54,8 +41,22 @@ fn cut_commit(mode: u8, test: &str) {
     assert_eq!(db.violations(), Vec::<String>::new());
 }
 
-fn plan_clone<'a>(p: &BatchPlan<'a>) -> BatchPlan<'a> {
-    BatchPlan { frames: p.frames.clone(), ..*p }
+/// One-core frames of the job's `render` layer on one host.
+fn render_plan<'a>(o: &'a Org, ids: &'a JobIds, host_id: &'a str, host_name: &'a str, frames: &[&str]) -> BatchPlan<'a> {
+    BatchPlan {
+        host_id,
+        host_name,
+        show_id: &o.show_id,
+        job_id: &ids.job_id,
+        layer_id: &ids.layers["render"],
+        layer_limited: false,
+        mem: 1_048_576,
+        gpus: 0,
+        gpu_mem: 0,
+        mem_used_initial: 262_144,
+        update_stat_on_book: false,
+        frames: frames.iter().map(|n| PlannedFrame { frame_id: ids.frames[*n].clone(), version: 0, cores: 100 }).collect(),
+    }
 }
 
 #[test]
@@ -87,20 +88,7 @@ fn a_booking_left_by_a_dead_process_is_compensated_and_rebooked() {
     let ids = f.job(&job(&o, "showa-dead", vec![LayerSpec::new("render", "1", "general")])).expect("job");
     // "The dead process": a committed booking that nobody launched.
     let mut booker = Booker::new(db.db_settings(), true);
-    let plan = BatchPlan {
-        host_id: &hosts[&name],
-        host_name: &name,
-        show_id: &o.show_id,
-        job_id: &ids.job_id,
-        layer_id: &ids.layers["render"],
-        layer_limited: false,
-        mem: 1_048_576,
-        gpus: 0,
-        gpu_mem: 0,
-        mem_used_initial: 262_144,
-        update_stat_on_book: false,
-        frames: vec![PlannedFrame { frame_id: ids.frames["0001-render"].clone(), version: 0, cores: 100 }],
-    };
+    let plan = render_plan(&o, &ids, &hosts[&name], &name, &["0001-render"]);
     assert!(matches!(booker.book(&plan).expect("book"), BookOutcome::Booked { .. }));
     let rqd = FakeRqd::start(std::slice::from_ref(&name)).expect("rqd");
     let mut s = support::settings(&db, rqd.port);
