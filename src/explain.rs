@@ -12,12 +12,12 @@
 //! `LEAST(host.int_mem_idle, host_stat.int_mem_free)`), so explain and the scheduler agree on
 //! what "fits" means.
 
-use crate::cli::ExplainArgs;
+use crate::config::cli::ExplainArgs;
 use crate::config::Config;
-use crate::matcher::{self, Reject};
+use crate::matching::matcher::{self, Reject};
 use crate::model::{self, ClusterKind, Host, Layer, ThreadMode, CORE_UNITS_PER_CORE};
-use crate::queries::col;
-use crate::settings::Settings;
+use crate::db::queries::col;
+use crate::config::settings::Settings;
 use postgres::{Client, Row};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -480,7 +480,7 @@ fn layer_row(row: &Row) -> Result<LayerRow, crate::db::DbError> {
     let unlaunchable: Vec<(String, String)> = frame_names
         .iter()
         .filter_map(|name| {
-            let input = crate::frameset::TokenInput {
+            let input = crate::rqd::frameset::TokenInput {
                 command: &command,
                 range: &range,
                 chunk_size,
@@ -488,7 +488,7 @@ fn layer_row(row: &Row) -> Result<LayerRow, crate::db::DbError> {
                 layer_name: &layer_name,
                 job_name: job_name.as_deref().unwrap_or(""),
             };
-            crate::frameset::prepare_command(&input).err().map(|e| (name.clone(), e.to_string()))
+            crate::rqd::frameset::prepare_command(&input).err().map(|e| (name.clone(), e.to_string()))
         })
         .collect();
     let tags: String = col(row, 2, CTX)?;

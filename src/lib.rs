@@ -12,32 +12,17 @@ pub mod protos {
     include!(concat!(env!("OUT_DIR"), "/protos/mod.rs"));
 }
 
+// Logging macros first: every module below may use them.
 #[macro_use]
-pub mod logging;
-pub mod accounting;
-pub mod booking;
-pub mod clusters;
-pub mod db;
-pub mod frameset;
-pub mod host_cache;
-pub mod limits;
-pub mod matcher;
-pub mod metrics;
-pub mod model;
-pub mod queries;
-pub mod recovery;
-pub mod rqd;
-pub mod signals;
+pub mod ops;
 pub mod config;
-pub mod context;
-pub mod dispatch;
-pub mod feed;
-pub mod http;
-pub mod pass;
-pub mod pipeline;
-pub mod settings;
-pub mod cli;
+pub mod db;
 pub mod explain;
+pub mod limits;
+pub mod matching;
+pub mod model;
+pub mod pipeline;
+pub mod rqd;
 // Simulator, bench and demo support: test tooling, not daemon paths; panics there abort a
 // bench run, not the scheduler.
 #[allow(clippy::unwrap_used, clippy::expect_used)]

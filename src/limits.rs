@@ -124,7 +124,7 @@ pub const CUEBOT_MANAGED_FLAG_CACHE_SECS: u64 = 30;
 /// Shows queued for an immediate wake-up before the request becomes "wake every cluster".
 pub const WAKE_REQUESTS_MAX: usize = 10_000;
 
-// Every database session this process opens carries these server-side bounds (`db.rs`). The
+// Every database session this process opens carries these server-side bounds (`db/mod.rs`). The
 // longest legitimate booking transaction is a whole pass: two statements over at most a few
 // thousand frames, well under a second even on a loaded server; no transaction of ours waits
 // on anything outside the database.

@@ -6,12 +6,13 @@
 // See src/lib.rs: no unwrap/expect on daemon paths.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
-use cue_scheduler::cli::{self, Cli, Command};
+use cue_scheduler::config::cli::{self, Cli, Command};
 use cue_scheduler::config::{AllocTag, Config};
-use cue_scheduler::metrics::Metrics;
+use cue_scheduler::ops::metrics::Metrics;
 use cue_scheduler::pipeline::Pipeline;
-use cue_scheduler::settings::Settings;
-use cue_scheduler::{error, info, logging, signals, warn};
+use cue_scheduler::config::settings::Settings;
+use cue_scheduler::ops::{logging, signals};
+use cue_scheduler::{error, info, warn};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -52,7 +53,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    for warning in config.warnings.iter().chain(cue_scheduler::settings::inert_key_warnings(&config).iter()) {
+    for warning in config.warnings.iter().chain(cue_scheduler::config::settings::inert_key_warnings(&config).iter()) {
         warn!("configuration: {warning}");
     }
     match cli.command {

@@ -447,9 +447,9 @@ fn accounting(args: &Args, server: &Server, schema: &str, sql: &str) -> Result<V
     let full = |client: &mut Client, what: &str| -> Result<String, String> {
         let cpu = procs::cluster_cpu_secs(poller_pid, &[poller_pid]);
         let t = Instant::now();
-        let keys = cue_scheduler::accounting::drift_keys(client, &shows).map_err(|e| e.to_string())?;
+        let keys = cue_scheduler::db::accounting::drift_keys(client, &shows).map_err(|e| e.to_string())?;
         let found = t.elapsed().as_secs_f64();
-        let done = cue_scheduler::accounting::reconcile(client, &keys).map_err(|e| e.to_string())?;
+        let done = cue_scheduler::db::accounting::reconcile(client, &keys).map_err(|e| e.to_string())?;
         Ok(format!(
             "  full reconcile, {what}: {:.0} ms ({:.0} ms to find {} drifted rows, {} corrected), PostgreSQL CPU {:.0} ms",
             t.elapsed().as_secs_f64() * 1000.0,

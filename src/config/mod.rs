@@ -25,7 +25,9 @@
 //! [`DatabaseConfig::connection_string`] is the only way to read it back out, and its result must
 //! not be logged.
 
+pub mod cli;
 pub mod keys;
+pub mod settings;
 pub mod values;
 
 use std::fmt;

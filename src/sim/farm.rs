@@ -3,7 +3,7 @@
 //! `activateJob` writes by hand. Bulk inserts use `unnest` so the benchmark farms (10,000 hosts,
 //! 100,000 frames) seed in seconds. Used by the tests, the demo and the benchmarks.
 
-use crate::frameset::FrameSet;
+use crate::rqd::frameset::FrameSet;
 use postgres::{Client, NoTls};
 use std::collections::HashMap;
 

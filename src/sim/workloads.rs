@@ -235,7 +235,7 @@ pub fn seed_demo(farm: &mut Farm, addresses: &[String], jobs: usize, seed: u64) 
             layers.push(sim);
         }
         for layer in &layers {
-            frames += crate::frameset::FrameSet::parse(&layer.range).map(|s| s.frames().len()).unwrap_or(0);
+            frames += crate::rqd::frameset::FrameSet::parse(&layer.range).map(|s| s.frames().len()).unwrap_or(0);
         }
         let mut spec = job_spec(org, &format!("{}-seq{:02}-shot{:03}", org.show_name, j % 7, j), 20_000, layers);
         spec.priority = rng.range(1, 3) as i32;

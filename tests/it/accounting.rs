@@ -3,9 +3,9 @@
 //! SUM(proc) under releases, restarts, lost listeners, show flips and a second instance.
 
 use crate::support::{self, count, host, job, org, wait_for, Org, Schema, TestDb};
-use cue_scheduler::metrics::Metrics;
+use cue_scheduler::ops::metrics::Metrics;
 use cue_scheduler::pipeline::Pipeline;
-use cue_scheduler::settings::Settings;
+use cue_scheduler::config::settings::Settings;
 use cue_scheduler::sim::completer::Completer;
 use cue_scheduler::sim::cuebot::{Cuebot, Mode, Write};
 use cue_scheduler::sim::fake_rqd::{loopback_address, FakeRqd};
@@ -355,7 +355,7 @@ fn two_instances_and_sustained_releases_stay_exact() {
     let lag = |m: &Metrics| m.accounting_reconcile_lag_seconds.get_sample_count();
     assert!(lag(&ma) + lag(&mb) > 0, "releases were reconciled from notifications");
     for m in [&ma, &mb] {
-        for table in cue_scheduler::accounting::TABLES {
+        for table in cue_scheduler::db::accounting::TABLES {
             assert_eq!(m.accounting_drift_corrected_total.with_label_values(&[table, "core_units"]).get(), 0, "unexplained drift on {table}");
         }
     }
@@ -475,7 +475,7 @@ fn shows_flipped_both_ways_mid_run_change_hands_without_drift() {
     assert!(b_booked, "the newly managed show was scheduled");
     assert_eq!(report.errors, Vec::<String>::new());
     assert_eq!(left, Vec::<String>::new(), "drift after the flips");
-    let drift: u64 = cue_scheduler::accounting::TABLES
+    let drift: u64 = cue_scheduler::db::accounting::TABLES
         .iter()
         .map(|t| metrics.accounting_drift_corrected_total.with_label_values(&[t, "core_units"]).get())
         .sum();

@@ -1,7 +1,7 @@
 //! End-to-end booking through the real pipeline.
 
 use crate::support::{self, count, host, job, org, wait_for, wait_settled, Schema, TestDb};
-use cue_scheduler::metrics::Metrics;
+use cue_scheduler::ops::metrics::Metrics;
 use cue_scheduler::pipeline::Pipeline;
 use cue_scheduler::sim::fake_rqd::{loopback_address, Behaviour, FakeRqd};
 use cue_scheduler::sim::farm::LayerSpec;

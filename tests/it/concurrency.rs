@@ -3,7 +3,7 @@
 //! other runs (issue 12). Each test failed on the booking SQL before the fix it names.
 
 use crate::support::{host, job, org, wait_for, Org, Schema, TestDb};
-use cue_scheduler::booking::{BatchPlan, BookOutcome, Booker, Cap, PlannedFrame};
+use cue_scheduler::db::booking::{BatchPlan, BookOutcome, Booker, Cap, PlannedFrame};
 use cue_scheduler::sim::farm::{JobIds, LayerSpec};
 use std::collections::HashMap;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! once through the real binary. Each scenario also checks a reason that must NOT appear.
 
 use crate::support::{host, job, org, Org, Schema, TestDb};
-use cue_scheduler::cli::ExplainArgs;
+use cue_scheduler::config::cli::ExplainArgs;
 use cue_scheduler::config::Config;
 use cue_scheduler::explain;
 use cue_scheduler::sim::farm::{Farm, HostSpec, JobSpec, LayerSpec};
@@ -443,7 +443,7 @@ fn negative_requirements_are_refused_and_named() {
     // value goes past the host's total.
     let mut settings = crate::support::settings(&db, 1);
     settings.dry_run = true;
-    let pipeline = cue_scheduler::pipeline::Pipeline::start(settings, std::sync::Arc::new(cue_scheduler::metrics::Metrics::new())).expect("start");
+    let pipeline = cue_scheduler::pipeline::Pipeline::start(settings, std::sync::Arc::new(cue_scheduler::ops::metrics::Metrics::new())).expect("start");
     let running = |f: &mut Farm| -> Vec<String> {
         f.client
             .query("SELECT str_name::text FROM frame WHERE str_state = 'RUNNING' ORDER BY 1", &[])
@@ -491,7 +491,7 @@ fn unlaunchable_frames_first_in_order_do_not_starve_the_layer() {
     lacks(&out, "only_unlaunchable_frames");
     let mut settings = crate::support::settings(&db, 1);
     settings.dry_run = true;
-    let pipeline = cue_scheduler::pipeline::Pipeline::start(settings, std::sync::Arc::new(cue_scheduler::metrics::Metrics::new())).expect("start");
+    let pipeline = cue_scheduler::pipeline::Pipeline::start(settings, std::sync::Arc::new(cue_scheduler::ops::metrics::Metrics::new())).expect("start");
     let good = |f: &mut Farm| -> i64 {
         f.client
             .query_one("SELECT count(*) FROM frame WHERE str_state = 'RUNNING' AND int_number <= 40", &[])

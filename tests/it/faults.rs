@@ -3,8 +3,8 @@
 //! it, and an RQD that accepts a frame and loses it.
 
 use crate::support::{self, host, job, org, wait_for, Org, Schema, TestDb};
-use cue_scheduler::booking::{BatchPlan, BookOutcome, Booker, PlannedFrame};
-use cue_scheduler::metrics::Metrics;
+use cue_scheduler::db::booking::{BatchPlan, BookOutcome, Booker, PlannedFrame};
+use cue_scheduler::ops::metrics::Metrics;
 use cue_scheduler::pipeline::Pipeline;
 use cue_scheduler::sim::fake_rqd::{loopback_address, Behaviour, FakeRqd};
 use cue_scheduler::sim::farm::{JobIds, LayerSpec};
@@ -69,7 +69,7 @@ fn a_connection_cut_before_commit_books_nothing() {
     cut_commit(CUT_INSTEAD_OF_COMMIT, "fault_cut_before");
 }
 
-fn quick_recovery(s: &mut cue_scheduler::settings::Settings) {
+fn quick_recovery(s: &mut cue_scheduler::config::settings::Settings) {
     s.recovery.first_sweep_delay = Duration::from_millis(200);
     s.recovery.sweep_interval = Duration::from_millis(500);
     s.recovery.grace = Duration::from_secs(1);

@@ -1,11 +1,11 @@
 //! Matching rules through the real pipeline and database (issue 3 scenarios).
 
 use crate::support::{self, count, host, job, org, wait_for, wait_settled, Org, Schema, TestDb};
-use cue_scheduler::host_cache::Strategy;
-use cue_scheduler::matcher::Weights;
-use cue_scheduler::metrics::Metrics;
+use cue_scheduler::matching::host_cache::Strategy;
+use cue_scheduler::matching::matcher::Weights;
+use cue_scheduler::ops::metrics::Metrics;
 use cue_scheduler::pipeline::Pipeline;
-use cue_scheduler::settings::Settings;
+use cue_scheduler::config::settings::Settings;
 use cue_scheduler::sim::fake_rqd::{loopback_address, FakeRqd};
 use cue_scheduler::sim::farm::{HostSpec, JobSpec, LayerSpec};
 use std::collections::HashMap;

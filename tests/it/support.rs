@@ -1,11 +1,11 @@
 //! Test support: a fresh database per test (project or real Cuebot schema), a small standard
 //! farm, pipeline settings with short timers, and waiting helpers.
 
-use cue_scheduler::clusters::Selection;
+use cue_scheduler::matching::clusters::Selection;
 use cue_scheduler::db::DbSettings;
-use cue_scheduler::host_cache::{CacheSettings, Strategy};
-use cue_scheduler::matcher::MatchPolicy;
-use cue_scheduler::settings::{Settings, Tunables};
+use cue_scheduler::matching::host_cache::{CacheSettings, Strategy};
+use cue_scheduler::matching::matcher::MatchPolicy;
+use cue_scheduler::config::settings::{Settings, Tunables};
 use cue_scheduler::sim::farm::{self, Farm, HostSpec, JobSpec, LayerSpec, Server};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -123,7 +123,7 @@ pub fn settings(db: &TestDb, rqd_port: u16) -> Settings {
         shutdown_drain_timeout: Duration::from_secs(5),
         cuebot_booking_off: false,
         accounting: cue_scheduler::config::AccountingConfig::default(),
-        recovery: cue_scheduler::settings::RecoverySettings::default(),
+        recovery: cue_scheduler::config::settings::RecoverySettings::default(),
     }
 }
 

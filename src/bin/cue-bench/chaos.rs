@@ -255,6 +255,24 @@ pub fn run(secs: u64, out: &str, server: &Server, schema: &str, schema_sql: &str
     }
     if unlaunched > 0 {
         violations.push(format!("{unlaunched} procs left after the farm drained (a booking without a launch)"));
+        // Say what each one is, so a failure in CI can be diagnosed from its log alone.
+        let rows = check
+            .query(
+                "SELECT p.pk_proc::text, COALESCE(p.pk_frame::text, '(none)'), COALESCE(f.str_state::text, '-'),
+                        COALESCE(f.int_version, -1), h.str_name::text, round(extract(epoch FROM now() - p.ts_booked))::bigint,
+                        round(extract(epoch FROM now() - p.ts_ping))::bigint
+                 FROM proc p JOIN host h ON h.pk_host = p.pk_host LEFT JOIN frame f ON f.pk_frame = p.pk_frame
+                 ORDER BY p.ts_booked LIMIT 10",
+                &[],
+            )
+            .map_err(|e| e.to_string())?;
+        for r in &rows {
+            let (proc_id, frame, state, version, host, booked, ping): (String, String, String, i32, String, i64, i64) =
+                (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6));
+            violations.push(format!(
+                "left proc {proc_id}: frame {frame} ({state}, version {version}) on {host}, booked {booked} s ago, pinged {ping} s ago"
+            ));
+        }
     }
     if !drained {
         violations.push("the farm did not drain after the faults stopped".into());

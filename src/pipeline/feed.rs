@@ -3,12 +3,12 @@
 //! bounded channel. It also reloads the cluster set, runs the awake scan that wakes clusters
 //! sleeping on "no work" as soon as work appears, and logs the heartbeat.
 
-use crate::clusters;
-use crate::context::Context;
+use crate::matching::clusters;
+use crate::pipeline::context::Context;
 use crate::db::{self, DbError};
 use crate::model::Cluster;
-use crate::pass::{Pass, PassResult};
-use crate::queries;
+use crate::pipeline::pass::{Pass, PassResult};
+use crate::db::queries;
 use crossbeam::channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender};
 use postgres::{Client, Statement};
 use std::collections::{HashMap, HashSet};

@@ -2,13 +2,13 @@
 //! handles, the RQD client and the stop switches. Everything here is either immutable or
 //! behind its own small lock or atomic.
 
-use crate::booking::Booker;
+use crate::db::booking::Booker;
 use crate::db::Pool;
-use crate::host_cache::HostCache;
+use crate::matching::host_cache::HostCache;
 use crate::limits;
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 use crate::rqd::RqdClient;
-use crate::settings::{Settings, Tunables};
+use crate::config::settings::{Settings, Tunables};
 use crossbeam::queue::ArrayQueue;
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use std::collections::HashSet;
@@ -48,7 +48,7 @@ pub struct Context {
     wake_requests: Mutex<HashSet<String>>,
     wake_everything: AtomicBool,
     /// Failed compensations, retried by the recovery thread.
-    pub compensation_retries: crate::recovery::Retries,
+    pub compensation_retries: crate::pipeline::recovery::Retries,
     /// Shows of the clusters this instance serves (set at start-up and at each reload).
     show_ids: RwLock<Vec<String>>,
     /// Pipeline threads: name -> last sign of progress. A thread that dies is recorded in
@@ -83,7 +83,7 @@ impl Context {
             frames_compensated: AtomicU64::new(0),
             wake_requests: Mutex::new(HashSet::new()),
             wake_everything: AtomicBool::new(false),
-            compensation_retries: crate::recovery::Retries::default(),
+            compensation_retries: crate::pipeline::recovery::Retries::default(),
             show_ids: RwLock::new(Vec::new()),
             heartbeats: Mutex::new(std::collections::HashMap::new()),
             dead_thread: Mutex::new(None),

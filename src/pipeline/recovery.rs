@@ -17,10 +17,10 @@
 //! Cuebot's own orphan-proc cleanup is not waited for: for managed shows it does not decrement
 //! the rollups. The sweep is off in dry-run mode, where nothing is launched by design.
 
-use crate::context::Context;
+use crate::pipeline::context::Context;
 use crate::db::{self, DbError};
 use crate::limits;
-use crate::logging::escape;
+use crate::ops::logging::escape;
 use crate::rqd::COMPENSATION_KILL_MESSAGE;
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;

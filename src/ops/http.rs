@@ -19,7 +19,7 @@
 //! dropped request that announced a huge body aborts the process), so this small server
 //! replaces it.
 
-use crate::context::Context;
+use crate::pipeline::context::Context;
 use crate::limits;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -33,9 +33,9 @@
 //! times (`limits::BOOKING_ATTEMPTS_MAX`).
 
 use crate::db::{self, DbError, DbSettings};
-use crate::host_cache::IdleValues;
+use crate::matching::host_cache::IdleValues;
 use crate::limits;
-use crate::queries::{col, layer_limit_ok};
+use crate::db::queries::{col, layer_limit_ok};
 use postgres::{Client, IsolationLevel, Statement, Transaction};
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! deterministically (scheduler-behaviour.md §2).
 
 use crate::model::{Cluster, ClusterKind};
-use crate::queries::ClusterRow;
+use crate::db::queries::ClusterRow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 

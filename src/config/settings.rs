@@ -1,10 +1,10 @@
 //! Runtime knobs of the pipeline, derived once from the configuration. The pipeline takes a
 //! `Settings` and never reads the configuration file itself, so tests build one directly.
 
-use crate::clusters::Selection;
+use crate::matching::clusters::Selection;
 use crate::db::DbSettings;
-use crate::host_cache::{CacheSettings, Strategy};
-use crate::matcher::MatchPolicy;
+use crate::matching::host_cache::{CacheSettings, Strategy};
+use crate::matching::matcher::MatchPolicy;
 use std::time::Duration;
 
 #[derive(Clone, Debug)]
@@ -41,9 +41,9 @@ pub struct Settings {
     /// Schemas without `show.b_scheduler_managed`: the operator confirms Cuebot books nothing
     /// (`dispatcher.turn_off_booking=true`), so discovering every cluster is safe.
     pub cuebot_booking_off: bool,
-    /// Reconcile of scheduler-managed shows' rollups (src/accounting.rs).
+    /// Reconcile of scheduler-managed shows' rollups (src/db/accounting.rs).
     pub accounting: crate::config::AccountingConfig,
-    /// The stranded-booking sweep (src/recovery.rs); fixed bounds in production, shorter in tests.
+    /// The stranded-booking sweep (src/pipeline/recovery.rs); fixed bounds in production, shorter in tests.
     pub recovery: RecoverySettings,
 }
 
@@ -126,7 +126,7 @@ impl Settings {
             .scheduler
             .manual_tags
             .iter()
-            .map(|entry| crate::clusters::parse_manual_tag(entry))
+            .map(|entry| crate::matching::clusters::parse_manual_tag(entry))
             .collect::<Result<Vec<_>, String>>()
             .map_err(|e| format!("scheduler.manual_tags: {e}"))?;
         if (!manual_tags.is_empty() || !config.scheduler.alloc_tags.is_empty()) && config.scheduler.facility.is_none() {

@@ -7,9 +7,9 @@
 //! row by name.
 
 use super::*;
-use crate::host_cache::{CacheSettings, GroupKey, HostCache, IdleValues, Search, Strategy};
+use crate::matching::host_cache::{CacheSettings, GroupKey, HostCache, IdleValues, Search, Strategy};
 use crate::model::{Host, Layer, ThreadMode};
-use crate::queries::HostRow;
+use crate::db::queries::HostRow;
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -13,16 +13,23 @@
 //! compensate the rest → cache refresher, recovery (one last try of queued compensations),
 //! accounting (reconciles what it heard) and HTTP server exit. Every thread is joined.
 
-use crate::context::Context;
+// The stages in the order data flows through them, then what serves them.
+pub mod feed;
+pub mod pass;
+pub mod dispatch;
+pub mod recovery;
+pub mod context;
+
+use crate::pipeline::context::Context;
 use crate::db::{self, DbError};
-use crate::dispatch;
-use crate::feed::{self, Feed, PassDone};
-use crate::http;
+use crate::pipeline::dispatch;
+use crate::pipeline::feed::{self, Feed, PassDone};
+use crate::ops::http;
 use crate::limits;
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 use crate::model::Cluster;
-use crate::pass::{self, Launch, Pass};
-use crate::settings::Settings;
+use crate::pipeline::pass::{self, Launch, Pass};
+use crate::config::settings::Settings;
 use crossbeam::channel::{bounded, unbounded};
 use std::fmt;
 use std::sync::atomic::Ordering;
@@ -215,10 +222,10 @@ impl Pipeline {
         })?);
         if ctx.managed_mode {
             let accounting_ctx = Arc::clone(ctx);
-            self.background.push(spawn(&owner, "accounting".into(), move || crate::accounting::run(&accounting_ctx))?);
+            self.background.push(spawn(&owner, "accounting".into(), move || crate::db::accounting::run(&accounting_ctx))?);
         }
         let recovery_ctx = Arc::clone(ctx);
-        self.background.push(spawn(&owner, "recovery".into(), move || crate::recovery::run(&recovery_ctx))?);
+        self.background.push(spawn(&owner, "recovery".into(), move || crate::pipeline::recovery::run(&recovery_ctx))?);
         let refresh_ctx = Arc::clone(ctx);
         self.background.push(spawn(&owner, "cache-refresh".into(), move || run_cache_refresh(&refresh_ctx))?);
         if let Some(server) = http_server {

@@ -2,7 +2,9 @@
 //! client with a deadline, one retry on UNAVAILABLE (DECISIONS.md #3) and a bounded channel
 //! cache.
 
-use crate::frameset::PreparedCommand;
+pub mod frameset;
+
+use crate::rqd::frameset::PreparedCommand;
 use crate::limits;
 use crate::model::{Frame, Job, Layer, CORE_UNITS_PER_CORE};
 use crate::protos::rqd::{RqdStaticKillRunningFrameRequest, RqdStaticLaunchFrameRequest, RqdStaticReportStatusRequest, RunFrame};

@@ -4,12 +4,12 @@
 //! host is backed off for `checkout_timeout`. After the shutdown deadline, queued frames are
 //! compensated instead of launched, so a stop never leaves a booking without a launch.
 
-use crate::context::Context;
-use crate::pass::Launch;
+use crate::pipeline::context::Context;
+use crate::pipeline::pass::Launch;
 use crate::rqd::{LaunchError, COMPENSATION_KILL_MESSAGE};
 use crossbeam::channel::Receiver;
 use crate::limits;
-use crate::recovery::PendingCompensation;
+use crate::pipeline::recovery::PendingCompensation;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -53,7 +53,7 @@ fn launch_failed(ctx: &Context, launch: &Launch, error: &LaunchError) {
 }
 
 fn compensate(ctx: &Context, launch: &Launch) {
-    match crate::recovery::compensate(ctx, &launch.frame_id, launch.version, &launch.proc_id) {
+    match crate::pipeline::recovery::compensate(ctx, &launch.frame_id, launch.version, &launch.proc_id) {
         Ok(true) => {}
         Ok(false) => info!("frame {} had already moved on; nothing to compensate", launch.frame_id),
         Err(e) => {

@@ -47,10 +47,10 @@
 //! would trip Cuebot's guard triggers, so it moves the cap aside in the same UPDATE and puts it
 //! back in a third statement of the same transaction; nobody sees the moved cap.
 
-use crate::context::Context;
+use crate::pipeline::context::Context;
 use crate::db::{self, DbError, DbSettings};
 use crate::limits;
-use crate::logging::escape;
+use crate::ops::logging::escape;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::Client;
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -2,6 +2,10 @@
 //! paths (fetcher, bookers) so their prepared statements live as long as the connection, and a
 //! typed error that keeps the SQLSTATE and the trigger message.
 
+pub mod queries;
+pub mod booking;
+pub mod accounting;
+
 use postgres::error::SqlState;
 use postgres::{Client, NoTls};
 use r2d2_postgres::PostgresConnectionManager;

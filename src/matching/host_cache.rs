@@ -7,9 +7,9 @@
 //! (`checkout_timeout`). A reservation only keeps this process's matchers apart: the database
 //! guards decide every booking (scheduler-behaviour.md §4.5).
 
-use crate::matcher::{self, Weights};
+use crate::matching::matcher::{self, Weights};
 use crate::model::{Host, Layer};
-use crate::queries::HostRow;
+use crate::db::queries::HostRow;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;

@@ -183,13 +183,13 @@ pub fn install_facade() {
 }
 
 #[macro_export]
-macro_rules! error { ($($t:tt)*) => { $crate::logging::write($crate::logging::Level::Error, format_args!($($t)*)) } }
+macro_rules! error { ($($t:tt)*) => { $crate::ops::logging::write($crate::ops::logging::Level::Error, format_args!($($t)*)) } }
 #[macro_export]
-macro_rules! warn { ($($t:tt)*) => { $crate::logging::write($crate::logging::Level::Warn, format_args!($($t)*)) } }
+macro_rules! warn { ($($t:tt)*) => { $crate::ops::logging::write($crate::ops::logging::Level::Warn, format_args!($($t)*)) } }
 #[macro_export]
-macro_rules! info { ($($t:tt)*) => { $crate::logging::write($crate::logging::Level::Info, format_args!($($t)*)) } }
+macro_rules! info { ($($t:tt)*) => { $crate::ops::logging::write($crate::ops::logging::Level::Info, format_args!($($t)*)) } }
 #[macro_export]
-macro_rules! debug { ($($t:tt)*) => { if $crate::logging::enabled($crate::logging::Level::Debug) { $crate::logging::write($crate::logging::Level::Debug, format_args!($($t)*)) } } }
+macro_rules! debug { ($($t:tt)*) => { if $crate::ops::logging::enabled($crate::ops::logging::Level::Debug) { $crate::ops::logging::write($crate::ops::logging::Level::Debug, format_args!($($t)*)) } } }
 
 #[cfg(test)]
 mod tests {
@@ -269,7 +269,7 @@ mod escape_tests {
         let path = std::env::temp_dir().join(format!("cue-scheduler-log-escape-{}.log", std::process::id()));
         super::log_to_file(path.to_str().expect("path")).expect("log file");
         let name = "evil\n2026-12-03T00:00:00.000Z ERROR [main] forged line";
-        crate::logging::write(super::Level::Error, format_args!("booking job {name} failed"));
+        crate::ops::logging::write(super::Level::Error, format_args!("booking job {name} failed"));
         *super::SINK.lock() = None;
         let text = std::fs::read_to_string(&path).expect("read");
         let _ = std::fs::remove_file(&path);

@@ -1,0 +1,64 @@
+//! Finishing: the per-layer host loop (scheduler-behaviour.md §3.8) for whatever the batch
+//! did not book, one job per rayon task.
+
+use super::*;
+
+/// The per-layer host loop for whatever the batch did not book.
+pub(super) fn finish_job(ctx: &Context, pass: &Pass, plan: &mut JobPlan, launches: &Sender<Launch>) -> PassResult {
+    let mut result = PassResult::default();
+    for state in &mut plan.states {
+        if plan.stop_job || ctx.stopping() {
+            break;
+        }
+        let outcome = run_layer(ctx, pass, state, &mut plan.booked_units, launches);
+        result = result + outcome.result;
+        plan.stop_job = outcome.stop_job;
+    }
+    let tried = plan.states.iter().any(|s| s.attempts > 0);
+    if tried && result.frames_booked == 0 && plan.states.iter().all(|s| !s.matched && !s.saw_reserved) {
+        debug!("job {}: no host of cluster {} fits any layer; backing it off", plan.job.name, pass.cluster);
+        ctx.back_off_job(&backoff_key(pass, &plan.job));
+    }
+    result
+}
+
+/// The per-layer host loop (§3.8), continuing from the attempts already made.
+pub(super) fn run_layer(ctx: &Context, pass: &Pass, state: &mut LayerState, job_booked_units: &mut i64, launches: &Sender<Launch>) -> LayerOutcome {
+    let mut outcome = LayerOutcome { result: PassResult::default(), stop_job: false };
+    let job = Arc::clone(&state.work.job);
+    while !state.frames.is_empty() && state.attempts < ctx.settings.attempts_per_layer && !ctx.stopping() {
+        // §3.8 pre-check: job at cap.
+        if job.max_cores > 0 && job.cores_in_use + *job_booked_units + min_frame_units(state.work) > job.max_cores {
+            ctx.metrics.job_cap_precheck_skip_total.inc();
+            outcome.stop_job = true;
+            break;
+        }
+        state.attempts += 1;
+        ctx.metrics.host_attempts_total.inc();
+        let Some(host) = checkout(ctx, state, job.cores_in_use + *job_booked_units) else {
+            state.saw_reserved |= reserved_hosts_fit(ctx, state, job.cores_in_use + *job_booked_units);
+            ctx.metrics.checkout_outcome_total.with_label_values(&["no_match"]).inc();
+            ctx.metrics.no_candidate_iterations_total.inc();
+            break;
+        };
+        state.matched = true;
+        let step = book_on_host(ctx, pass, state.work, &host, &mut state.frames, job_booked_units, launches);
+        ctx.metrics.checkout_outcome_total.with_label_values(&[step.outcome_label]).inc();
+        outcome.result.frames_booked += step.booked;
+        if step.subscription_full {
+            outcome.result.subscription_full = pass.cluster.kind == ClusterKind::Alloc;
+            break;
+        }
+        if step.stop_job {
+            outcome.stop_job = true;
+            break;
+        }
+        if step.stop_layer {
+            break;
+        }
+    }
+    if state.frames.is_empty() {
+        ctx.metrics.candidates_per_layer.observe(state.attempts as f64);
+    }
+    outcome
+}

@@ -1,0 +1,149 @@
+//! One cluster pass through the matcher: jobs in parallel on the matcher pool, the layers of a
+//! job in order, and for each layer the bounded host loop of scheduler-behaviour.md §3.8:
+//! check out a host, plan as many frames as fit, book them in one guarded transaction, check
+//! the host back in with the values the database returned, and queue the launches.
+
+mod book;
+mod finish;
+mod plan;
+
+use book::*;
+use finish::*;
+use plan::*;
+
+use crate::db::booking::{Batch, BatchFrame, BatchOutcome, BatchPlan, BookOutcome, BookedFrame, Cap, PlannedFrame};
+use crate::matching::host_cache::IdleValues;
+use crate::pipeline::context::Context;
+use crate::db;
+use crate::rqd::frameset::{self, PreparedCommand, TokenInput};
+use crate::matching::host_cache::{GroupKey, Search};
+use crate::matching::matcher::{self, ScoreCaps};
+use crate::model::{Cluster, ClusterKind, Frame, Host, Job, LayerWork, CORE_UNITS_PER_CORE};
+use crate::db::queries::{self, read_host_row, HostRow};
+use crate::rqd::{build_run_frame, Reservation};
+use crate::protos::rqd::RunFrame;
+use crate::matching::host_cache::HostId;
+use crossbeam::channel::Sender;
+use rayon::prelude::*;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A booked frame on its way to RQD.
+pub struct Launch {
+    pub host_id: HostId,
+    pub host_name: String,
+    pub show_name: String,
+    pub frame_id: String,
+    pub frame_name: String,
+    /// `int_version` after the booking.
+    pub version: i32,
+    pub proc_id: String,
+    pub run_frame: RunFrame,
+    /// When the booking committed: a launch that waited longer than
+    /// `limits::LAUNCH_QUEUE_AGE_MAX_MS` is compensated instead (the stranded-booking sweep of
+    /// any instance relies on that bound).
+    pub booked_at: std::time::Instant,
+}
+
+/// A pass handed from the fetcher to a matcher.
+pub struct Pass {
+    pub cluster: Cluster,
+    pub work: Vec<LayerWork>,
+    pub fetched_at: Instant,
+    /// Allocation clusters: subscription room (core units) when the pass was read.
+    pub alloc_headroom: Option<i64>,
+}
+
+/// What a pass achieved.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PassResult {
+    pub frames_booked: u64,
+    /// A cap of the cluster's allocation was hit: the cluster should sleep.
+    pub subscription_full: bool,
+}
+
+impl std::ops::Add for PassResult {
+    type Output = PassResult;
+    fn add(self, other: PassResult) -> PassResult {
+        PassResult {
+            frames_booked: self.frames_booked + other.frames_booked,
+            subscription_full: self.subscription_full || other.subscription_full,
+        }
+    }
+}
+
+/// Processes a pass in three steps: plan every job in priority order (host checkouts), book
+/// everything planned in one transaction (falling back to one transaction per job, then per
+/// host, if anything conflicts), then run the per-layer host loop for what is left, jobs in
+/// parallel on the current rayon pool.
+pub fn run_pass(ctx: &Context, pass: &Pass, launches: &Sender<Launch>) -> PassResult {
+    let mut jobs: Vec<&[LayerWork]> = Vec::new();
+    let mut start = 0;
+    for i in 1..=pass.work.len() {
+        if i == pass.work.len() || pass.work[i].job.id != pass.work[start].job.id {
+            jobs.push(&pass.work[start..i]);
+            start = i;
+        }
+    }
+    // §3.9 step 3: the allocation's room, shared by every job's plan and shrinking with it, so
+    // a pass plans no more than the subscription can take (the booking guard stays the truth).
+    let budget = AtomicI64::new(pass.alloc_headroom.unwrap_or(i64::MAX));
+    // Planning goes job by job in priority order, so a higher-priority job gets hosts and
+    // budget first; it only touches the cache. Booking leftovers runs jobs in parallel.
+    let mut plans: Vec<JobPlan> = jobs.iter().filter_map(|layers| plan_job(ctx, pass, layers, &budget)).collect();
+    let booked = book_planned(ctx, pass, &mut plans, launches);
+    plans
+        .par_iter_mut()
+        .map(|plan| finish_job(ctx, pass, plan, launches))
+        .reduce(PassResult::default, |a, b| a + b)
+        + booked
+}
+
+/// Minimum core units one frame of the layer can reserve anywhere.
+fn min_frame_units(work: &LayerWork) -> i64 {
+    if work.layer.threadable && work.layer.cores_min > CORE_UNITS_PER_CORE {
+        work.layer.cores_min
+    } else {
+        CORE_UNITS_PER_CORE
+    }
+}
+
+/// One job of a pass: its layers in dispatch order and the hosts planned for them.
+pub(super) struct JobPlan<'a> {
+    job: Arc<Job>,
+    states: Vec<LayerState<'a>>,
+    assignments: Vec<Assignment>,
+    booked_units: i64,
+    stop_job: bool,
+}
+
+/// Back-off is per (cluster, job): another cluster's hosts may fit the same job.
+fn backoff_key(pass: &Pass, job: &Job) -> String {
+    format!("{}|{}", pass.cluster, job.id)
+}
+
+/// A layer of a job being matched: its launchable frames, its host groups, attempts so far.
+pub(super) struct LayerState<'a> {
+    work: &'a LayerWork,
+    frames: Vec<(Frame, PreparedCommand)>,
+    keys: Vec<GroupKey>,
+    attempts: usize,
+    /// Some checkout found a host for this layer in this pass.
+    matched: bool,
+    /// A search found nothing only because fitting hosts were checked out by other matchers.
+    saw_reserved: bool,
+}
+
+/// One host picked for one layer in the batch plan.
+pub(super) struct Assignment {
+    layer: usize,
+    host: Host,
+    planned: Vec<PlannedFrame>,
+}
+
+pub(super) struct LayerOutcome {
+    result: PassResult,
+    stop_job: bool,
+}
+
