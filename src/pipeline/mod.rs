@@ -22,13 +22,12 @@ pub mod context;
 
 use crate::pipeline::context::Context;
 use crate::db::{self, DbError};
-use crate::pipeline::dispatch;
-use crate::pipeline::feed::{self, Feed, PassDone};
+use feed::{Feed, PassDone};
 use crate::ops::http;
 use crate::limits;
 use crate::ops::metrics::Metrics;
 use crate::model::Cluster;
-use crate::pipeline::pass::{self, Launch, Pass};
+use pass::{Launch, Pass};
 use crate::config::settings::Settings;
 use crossbeam::channel::{bounded, unbounded};
 use std::fmt;

@@ -170,11 +170,11 @@ pub(super) fn launch_booked(
 }
 
 pub(super) struct HostStep {
-    booked: u64,
-    outcome_label: &'static str,
-    subscription_full: bool,
-    stop_job: bool,
-    stop_layer: bool,
+    pub(super) booked: u64,
+    pub(super) outcome_label: &'static str,
+    pub(super) subscription_full: bool,
+    pub(super) stop_job: bool,
+    pub(super) stop_layer: bool,
 }
 
 /// Plans, books and queues frames of one layer on one checked-out host.

@@ -10,6 +10,7 @@ mod plan;
 use book::*;
 use finish::*;
 use plan::*;
+pub use plan::{ensure_groups, fetch_group};
 
 use crate::db::booking::{Batch, BatchFrame, BatchOutcome, BatchPlan, BookOutcome, BookedFrame, Cap, PlannedFrame};
 use crate::matching::host_cache::IdleValues;
