@@ -214,9 +214,16 @@ impl Cuebot {
         let Some(proc) = self.load_proc(client, proc_id)? else {
             return Ok(Released::Ignored);
         };
-        // Cuebot ignores a report whose proc has moved on to another frame.
-        if proc.frame.as_deref() != Some(frame_id) {
-            return Ok(Released::Ignored);
+        match proc.frame.as_deref() {
+            Some(held) if held == frame_id => {}
+            // A proc that moved on to another frame: a duplicate report, dropped.
+            Some(_) => return Ok(Released::Ignored),
+            // The frame was stopped and the proc detached (stopFrame's transaction) but the proc
+            // is still there: its release was lost (a report cut off between Cuebot's two
+            // transactions) or the frame was stopped by someone else. Cuebot's stale-report path
+            // re-reads the proc and, still holding no frame, unbooks it (`releaseStaleProc`, and
+            // before Aug 2026 the failed `stopFrame` followed by `unbookProc`).
+            None => return self.release_stale_proc(client, proc_id),
         }
         let Some(state) = self.stop_frame(client, frame_id, done)? else {
             return Ok(Released::Ignored);
@@ -227,6 +234,44 @@ impl Cuebot {
             .execute("UPDATE host_stat SET ts_ping = now() WHERE pk_host = $1", &[&proc.host])
             .map_err(db_err("host report"))?;
         Ok(Released::Frame { state })
+    }
+
+    /// Re-reads the proc and unbooks it if it still holds no frame (Cuebot's `releaseStaleProc`).
+    fn release_stale_proc(&self, client: &mut Client, proc_id: &str) -> Result<Released, String> {
+        match self.load_proc(client, proc_id)? {
+            Some(current) if current.frame.is_none() => {
+                self.unbook_proc(client, proc_id, &current)?;
+                Ok(Released::Ignored)
+            }
+            _ => Ok(Released::Ignored),
+        }
+    }
+
+    /// The orphan half of Cuebot's hardware-state maintenance (`clearOrphanedProcs`, which runs
+    /// on a timer): every proc whose `ts_ping` is older than `ping_older_than` (Cuebot: 300 s) and
+    /// that holds no frame is released through `lostProc` → `unbookProc`. Procs that still hold a
+    /// frame go through Cuebot's kill-before-release and are not simulated here: the scheduler
+    /// recovers its own unlaunched bookings. Returns how many procs were released.
+    pub fn clear_orphaned_procs(&self, client: &mut Client, ping_older_than: Duration) -> Result<usize, String> {
+        let secs = ping_older_than.as_secs_f64();
+        let rows = client
+            .query(
+                "SELECT pk_proc::text FROM proc
+                 WHERE pk_frame IS NULL AND now() - ts_ping > make_interval(secs => $1) ORDER BY ts_ping",
+                &[&secs],
+            )
+            .map_err(db_err("find orphaned procs"))?;
+        let mut released = 0;
+        for row in rows {
+            let proc_id: String = row.get(0);
+            if let Some(proc) = self.load_proc(client, &proc_id)? {
+                if proc.frame.is_none() {
+                    self.unbook_proc(client, &proc_id, &proc)?;
+                    released += 1;
+                }
+            }
+        }
+        Ok(released)
     }
 
     /// Cuebot's own booking of one frame (`startFrameAndProc`, cuebot-database.md §5.2) on a

@@ -281,6 +281,42 @@ fn simulator_cap_changes_notify_only_for_managed_shows_in_mode_b() {
 // End to end: the scheduler books, the simulated Cuebot releases, the rollups stay exact.
 // ------------------------------------------------------------------------------------------
 
+/// A completion report cut off between Cuebot's two release transactions leaves the frame
+/// stopped and its proc detached but booked. A resent report releases it through Cuebot's
+/// stale-report path; an unreported one waits for Cuebot's orphan sweep (ping older than 300 s).
+#[test]
+fn simulator_releases_detached_procs_like_cuebot() {
+    let Some(f) = farm("acct_detached", Schema::Real, 91, 1, 2) else { return };
+    let pipeline = Pipeline::start(settings(&f.db, f.rqd.port), Arc::new(Metrics::new())).expect("start");
+    assert!(wait_for(Duration::from_secs(20), || f.rqd.launch_count() >= 2), "booked {}", f.rqd.launch_count());
+    pipeline.shutdown(Duration::from_secs(5));
+    let launches = f.rqd.launches();
+    let mut c = f.db.client();
+    let idle = |c: &mut postgres::Client| -> i64 { c.query_one("SELECT int_cores_idle::bigint FROM host", &[]).expect("idle").get(0) };
+    let procs = |c: &mut postgres::Client| -> i64 { c.query_one("SELECT count(*) FROM proc", &[]).expect("procs").get(0) };
+    let (idle_before, procs_before) = (idle(&mut c), procs(&mut c));
+    let ids: Vec<String> = launches[..2].iter().map(|l| l.run_frame.get_resource_id().to_string()).collect();
+    let cores: i64 = c.query_one("SELECT sum(int_cores_reserved)::bigint FROM proc WHERE pk_proc = ANY($1)", &[&ids]).expect("cores").get(0);
+    // Cuebot's first transaction committed (frame stopped, proc detached); the second never ran.
+    for l in &launches[..2] {
+        let frame = l.run_frame.get_frame_id();
+        c.execute("UPDATE frame SET str_state = 'SUCCEEDED', int_version = int_version + 1 WHERE pk_frame = $1", &[&frame]).expect("stop");
+        c.execute("UPDATE proc SET pk_frame = NULL WHERE pk_frame = $1", &[&frame]).expect("detach");
+    }
+    let cuebot = Cuebot::new(Mode::Pr2533);
+    let done = cue_scheduler::sim::cuebot::Completion { exit_status: 0, run_secs: 1, max_rss_kib: 0 };
+    let first = &launches[0].run_frame;
+    cuebot.complete_frame(&mut c, first.get_frame_id(), first.get_resource_id(), done).expect("resent report");
+    assert_eq!(procs(&mut c), procs_before - 1, "the resent report releases its detached proc");
+    // The other proc's ping is fresh: Cuebot's sweep leaves it until it is 300 s old.
+    assert_eq!(cuebot.clear_orphaned_procs(&mut c, Duration::from_secs(300)).expect("sweep"), 0);
+    assert_eq!(cuebot.clear_orphaned_procs(&mut c, Duration::ZERO).expect("sweep"), 1);
+    assert_eq!(cuebot.clear_orphaned_procs(&mut c, Duration::ZERO).expect("sweep"), 0);
+    assert_eq!(procs(&mut c), procs_before - 2);
+    assert_eq!(idle(&mut c), idle_before + cores, "both releases restored the host");
+    assert_eq!(rollup_violations(&f.db), Vec::<String>::new());
+}
+
 fn drain_under(mode: Mode, schema: Schema, block: u8) {
     let test = format!("acct_e2e_{}", mode.name());
     let Some(f) = farm(&test, schema, block, 4, 12) else { return };
