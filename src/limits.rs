@@ -40,6 +40,15 @@ pub const UNLAUNCHABLE_FRAMES_MAX: usize = 100_000;
 /// Cached gRPC channels, one per RQD host name.
 pub const RQD_CHANNELS_MAX: usize = 4_096;
 
+/// Descriptors the HTTP server leaves free for the pipeline (PostgreSQL connections, gRPC
+/// channels and pollers): it stops accepting below this headroom, or below an eighth of the
+/// descriptor limit if that is more.
+pub const FDS_RESERVED_FOR_PIPELINE_MIN: u64 = 12;
+
+/// Free descriptors required before a gRPC channel is created (its socket, and the poller and
+/// wakeup descriptors gRPC may create with it; gRPC aborts the process when those fail).
+pub const FDS_NEEDED_FOR_GRPC_CHANNEL: u64 = 8;
+
 /// The metrics/health HTTP server answers only bodiless GETs: a request announcing a larger
 /// body is refused with 413 (and the body is never read).
 pub const HTTP_REQUEST_BYTES_MAX: usize = 8 * 1024;

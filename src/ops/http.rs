@@ -13,7 +13,10 @@
 //! - a connection that has not sent a whole request head within `limits::HTTP_READ_TIMEOUT_MS`,
 //!   or not taken its answer within `limits::HTTP_WRITE_TIMEOUT_MS`, is closed;
 //! - an accept that fails (EMFILE, ENFILE, ENOBUFS …) is logged once a minute and retried after
-//!   a pause; the listener never dies.
+//!   a pause; the listener never dies;
+//! - it stops accepting while fewer than `limits::FDS_RESERVED_FOR_PIPELINE_MIN` descriptors (or
+//!   an eighth of the limit) are free, so clients wait in the listen backlog rather than take the descriptors PostgreSQL
+//!   connections and gRPC need (gRPC aborts the process when it cannot make its pollers).
 //!
 //! tiny_http could not give these guarantees (a thread per connection, no idle timeout, and a
 //! dropped request that announced a huge body aborts the process), so this small server
@@ -87,6 +90,15 @@ pub fn serve(ctx: &Context, server: Server) {
         conns = keep;
         if accepting && fds[0].revents != 0 {
             for _ in 0..limits::HTTP_ACCEPTS_PER_ROUND_MAX {
+                if !crate::ops::fds::room_for_http() {
+                    // Leave the last descriptors to the pipeline; clients wait in the backlog.
+                    if last_accept_error_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                        warn!("metrics server: few descriptors free; pausing accepts to leave them to the pipeline");
+                        last_accept_error_log = Some(Instant::now());
+                    }
+                    accept_pause_until = Some(Instant::now() + Duration::from_millis(limits::HTTP_ACCEPT_ERROR_PAUSE_MS));
+                    break;
+                }
                 match server.listener.accept() {
                     Ok((stream, _)) => {
                         if stream.set_nonblocking(true).is_err() {

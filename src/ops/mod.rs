@@ -2,6 +2,7 @@
 
 #[macro_use]
 pub mod logging;
+pub mod fds;
 pub mod http;
 pub mod metrics;
 pub mod signals;

@@ -157,12 +157,16 @@ impl RqdClient {
         RqdClient { env, port, timeout, channels: Mutex::new(HashMap::new()) }
     }
 
-    fn client(&self, host: &str, fresh: bool) -> RqdInterfaceClient {
+    fn client(&self, host: &str, fresh: bool) -> Result<RqdInterfaceClient, LaunchError> {
         let mut channels = self.channels.lock();
         if !fresh {
             if let Some(client) = channels.get(host) {
-                return client.clone();
+                return Ok(client.clone());
             }
+        }
+        if !crate::ops::fds::room_for_grpc_channel() {
+            // gRPC aborts the process when it cannot create its descriptors: fail this call.
+            return Err(LaunchError::Call("out of file descriptors: no new RQD channel".into()));
         }
         if channels.len() >= limits::RQD_CHANNELS_MAX {
             channels.clear();
@@ -173,7 +177,7 @@ impl RqdClient {
             .connect(&format!("{host}:{}", self.port));
         let client = RqdInterfaceClient::new(channel);
         channels.insert(host.to_string(), client.clone());
-        client
+        Ok(client)
     }
 
     /// LaunchFrame with a deadline; one retry on a fresh channel after UNAVAILABLE. A retry
@@ -183,7 +187,7 @@ impl RqdClient {
         request.set_run_frame(run_frame.clone());
         let mut last = None;
         for attempt in 1..=limits::LAUNCH_ATTEMPTS_MAX {
-            let client = self.client(host, attempt > 1);
+            let client = self.client(host, attempt > 1)?;
             let option = CallOption::default().timeout(self.timeout);
             match client.launch_frame_opt(&request, option).map_err(launch_error) {
                 Ok(_) => return Ok(()),
@@ -203,7 +207,7 @@ impl RqdClient {
     pub fn running_frames(&self, host: &str) -> Result<Vec<String>, LaunchError> {
         let request = RqdStaticReportStatusRequest::new();
         let option = CallOption::default().timeout(Duration::from_millis(limits::REPORT_STATUS_TIMEOUT_MS));
-        let response = self.client(host, false).report_status_opt(&request, option).map_err(launch_error)?;
+        let response = self.client(host, false)?.report_status_opt(&request, option).map_err(launch_error)?;
         Ok(response.get_host_report().get_frames().iter().map(|f| f.get_frame_id().to_string()).collect())
     }
 
@@ -213,7 +217,7 @@ impl RqdClient {
         request.set_frame_id(frame_id.to_string());
         request.set_message(message.to_string());
         let option = CallOption::default().timeout(Duration::from_millis(limits::KILL_TIMEOUT_MS));
-        match self.client(host, false).kill_running_frame_opt(&request, option) {
+        match self.client(host, false)?.kill_running_frame_opt(&request, option) {
             Ok(_) => Ok(()),
             Err(grpcio::Error::RpcFailure(status)) if status.code() == RpcStatusCode::NOT_FOUND => Ok(()),
             Err(e) => Err(launch_error(e)),
