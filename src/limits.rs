@@ -37,6 +37,9 @@ pub const BACKED_OFF_JOBS_MAX: usize = 100_000;
 /// Frames remembered as unlaunchable (bad name or range) by this process.
 pub const UNLAUNCHABLE_FRAMES_MAX: usize = 100_000;
 
+/// Idle booking connections kept for reuse (one per thread that may book at once, up to this).
+pub const BOOKING_CONNECTIONS_KEPT_MAX: usize = 256;
+
 /// Cached gRPC channels, one per RQD host name.
 pub const RQD_CHANNELS_MAX: usize = 4_096;
 

@@ -10,11 +10,16 @@
 //!    layers: against Cuebot the limit is as approximate as Cuebot alone makes it (cuebot-
 //!    database.md §9.9), never worse.
 //! 2. *Start*: one statement locks, in order, the frames (`SKIP LOCKED`: a frame another
-//!    booker holds is taken), `layer_stat`, `job_stat`, the job rows `FOR SHARE` (a job move or
-//!    pause waits for us, and we for it) and the show row `FOR SHARE`; then starts the frames
-//!    that are still WAITING at the version read, whose layer is not delayed and has limit room,
-//!    whose job is PENDING and not paused (checked on the locked rows) and whose show is active
-//!    (and managed); and inserts their procs. A limited layer's frames go one per statement so
+//!    booker holds is taken), `layer_stat`, `job_stat` and the job rows `FOR SHARE` (a job move
+//!    or pause waits for us, and we for it); then starts the frames that are still WAITING at
+//!    the version read, whose layer is not delayed and has limit room, whose job is PENDING and
+//!    not paused (checked on the locked rows) and whose show is active (and managed); and
+//!    inserts their procs. The show row is read in the statement's snapshot, not locked: every
+//!    booking share-locking the one row all of a show's bookings touch made PostgreSQL write a
+//!    new multixact per booking and queue them on the row (the saturation benchmark's wall time
+//!    doubled). A flip or deactivation that commits while a booking is in flight lets that
+//!    booking through, which stays exact: it wrote Cuebot's own increments, which Cuebot's
+//!    release of an unmanaged show takes back. A limited layer's frames go one per statement so
 //!    each sees the count the previous one left.
 //! 3. *Charge*: one statement locks, in order, `host_stat` (`FOR SHARE`, host UP), `host`,
 //!    `subscription`, `layer_resource`, `job_resource`, `folder_resource`, `point`, each table by
@@ -23,11 +28,17 @@
 //!    on the newest row after a lock wait: host OPEN with `>=` idle on every column and no
 //!    negative reservation; subscription burst; job max cores and GPUs; folder caps. The folder
 //!    and department are read from the (locked) job rows, not from the pass, as Cuebot's
-//!    `procCreated` does. The cap headroom reported on a refusal comes from the locked rows.
+//!    `procCreated` does. A cap row (subscription, job, folder) is locked only where the
+//!    statement's snapshot already shows room for the charge, and each step locks only once the
+//!    caps before it held: a charge that cannot fit is refused without queueing behind the
+//!    bookings that hold those rows (at a cap, most charges are refusals). The room test reads a
+//!    snapshot CTE, which PostgreSQL does not re-check after a lock wait; the guard in the
+//!    UPDATE is re-checked on the newest row. The headroom reported on a refusal comes from the
+//!    locked row where one was locked (after any wait), else from the snapshot that refused it.
 //! 4. Commit.
 //!
 //! Lock order, written once here and shared with Cuebot: limit_record, frame, layer_stat,
-//! job_stat, job, show, proc, host_stat, host, subscription, layer_resource, job_resource,
+//! job_stat, job, proc, host_stat, host, subscription, layer_resource, job_resource,
 //! folder_resource, point. No network I/O between BEGIN and COMMIT. Any shortfall rolls the
 //! whole transaction back; deadlocks and serialization failures are retried a bounded number of
 //! times (`limits::BOOKING_ATTEMPTS_MAX`).
@@ -71,7 +82,7 @@ fn start_sql(managed_mode: bool) -> String {
                   AND j.pk_show = $11 AND j.str_state = 'PENDING' AND NOT j.b_paused
                 ORDER BY j.pk_job FOR SHARE OF j),
          sl AS (SELECT s.pk_show FROM show s WHERE s.pk_show = $11 AND (SELECT count(*) FROM jl) >= 0
-                  AND s.b_active{managed} FOR SHARE OF s),
+                  AND s.b_active{managed}),
          started AS (
            UPDATE frame f SET str_state = 'RUNNING', str_host = b.host_name, int_cores = b.cores,
                   int_mem_reserved = b.mem, int_gpus = b.gpus, int_gpu_mem_reserved = b.gpu_mem,
@@ -128,22 +139,35 @@ const CHARGE_SQL: &str = "
       RETURNING host.pk_host, host.pk_alloc, hp.c, hp.m, hp.g, host.int_cores_idle, host.int_mem_idle,
                 host.int_gpus_idle, host.int_gpu_mem_idle),
     sa AS (SELECT pk_alloc, sum(c) AS c, sum(g) AS g FROM h GROUP BY pk_alloc),
-    sl AS (SELECT s.pk_subscription, s.pk_alloc, (s.int_burst - s.int_cores)::bigint AS room FROM subscription s
-           WHERE s.pk_show = $6 AND s.pk_alloc IN (SELECT pk_alloc FROM sa) ORDER BY s.pk_alloc FOR UPDATE),
+    -- A cap row is locked only where the statement's snapshot shows room for this charge: a
+    -- charge that cannot fit is refused at once instead of queueing behind every booking that
+    -- holds the row. The room test reads the snapshot CTE, so after a lock wait it is not
+    -- re-checked, and the row is locked at its newest version (the room then reported).
+    ss AS (SELECT s.pk_subscription, s.pk_alloc, (s.int_burst - s.int_cores)::bigint AS room FROM subscription s
+           WHERE s.pk_show = $6 AND s.pk_alloc IN (SELECT pk_alloc FROM sa)),
+    sl AS (SELECT s.pk_subscription, s.pk_alloc, (s.int_burst - s.int_cores)::bigint AS room
+           FROM subscription s JOIN ss ON ss.pk_subscription = s.pk_subscription JOIN sa ON sa.pk_alloc = ss.pk_alloc
+           WHERE ss.room >= sa.c ORDER BY s.pk_alloc FOR UPDATE OF s),
     sub AS (
       UPDATE subscription s SET int_cores = s.int_cores + sa.c, int_gpus = s.int_gpus + sa.g
       FROM sa WHERE s.pk_show = $6 AND s.pk_alloc = sa.pk_alloc AND s.pk_subscription IN (SELECT pk_subscription FROM sl)
         AND s.int_cores + sa.c <= s.int_burst
       RETURNING 1),
     lp AS (SELECT * FROM unnest($7::text[], $8::bigint[], $9::bigint[]) AS x(layer, c, g)),
-    ll AS (SELECT pk_layer FROM layer_resource WHERE pk_layer = ANY($7::text[]) AND (SELECT count(*) FROM sub) >= 0
+    -- Each later lock waits for the earlier caps to hold (a refused charge locks no more rows).
+    ll AS (SELECT pk_layer FROM layer_resource WHERE pk_layer = ANY($7::text[]) AND (SELECT count(*) FROM sub) = (SELECT count(*) FROM sa)
            ORDER BY pk_layer FOR UPDATE),
     lr AS (
       UPDATE layer_resource x SET int_cores = x.int_cores + lp.c, int_gpus = x.int_gpus + lp.g
       FROM lp WHERE x.pk_layer = lp.layer AND x.pk_layer IN (SELECT pk_layer FROM ll) RETURNING 1),
     jp AS (SELECT * FROM unnest($10::text[], $11::bigint[], $12::bigint[]) AS x(job, c, g)),
-    jl AS (SELECT pk_job, (int_max_cores - int_cores)::bigint AS room FROM job_resource
-           WHERE pk_job = ANY($10::text[]) AND (SELECT count(*) FROM lr) >= 0 ORDER BY pk_job FOR UPDATE),
+    js AS (SELECT x.pk_job, (x.int_max_cores - x.int_cores)::bigint AS room, (x.int_max_gpus - x.int_gpus)::bigint AS gpu_room
+           FROM job_resource x WHERE x.pk_job = ANY($10::text[])),
+    jl AS (SELECT x.pk_job, (x.int_max_cores - x.int_cores)::bigint AS room
+           FROM job_resource x JOIN js ON js.pk_job = x.pk_job JOIN jp ON jp.job = js.pk_job
+           WHERE js.room >= jp.c AND js.gpu_room >= jp.g
+             AND (SELECT count(*) FROM lr) >= 0 AND (SELECT count(*) FROM sub) = (SELECT count(*) FROM sa)
+           ORDER BY x.pk_job FOR UPDATE OF x),
     jr AS (
       UPDATE job_resource x SET int_cores = x.int_cores + jp.c, int_gpus = x.int_gpus + jp.g
       FROM jp WHERE x.pk_job = jp.job AND x.pk_job IN (SELECT pk_job FROM jl)
@@ -153,9 +177,14 @@ const CHARGE_SQL: &str = "
     -- rows FOR SHARE, so no move can slip in between).
     jf AS (SELECT j.pk_job, j.pk_folder, j.pk_dept FROM job j WHERE j.pk_job = ANY($10::text[])),
     fp AS (SELECT jf.pk_folder AS folder, sum(jp.c) AS c, sum(jp.g) AS g FROM jp JOIN jf ON jf.pk_job = jp.job GROUP BY jf.pk_folder),
-    fl AS (SELECT pk_folder, CASE WHEN int_max_cores < 0 THEN NULL ELSE (int_max_cores - int_cores)::bigint END AS room
-           FROM folder_resource WHERE pk_folder IN (SELECT folder FROM fp) AND (SELECT count(*) FROM jr) >= 0
-           ORDER BY pk_folder FOR UPDATE),
+    fs AS (SELECT x.pk_folder, CASE WHEN x.int_max_cores < 0 THEN NULL ELSE (x.int_max_cores - x.int_cores)::bigint END AS room,
+                  (x.int_max_cores < 0 OR x.int_cores + fp.c <= x.int_max_cores)
+                    AND (x.int_max_gpus < 0 OR x.int_gpus + fp.g <= x.int_max_gpus) AS fits
+           FROM folder_resource x JOIN fp ON fp.folder = x.pk_folder),
+    fl AS (SELECT x.pk_folder, CASE WHEN x.int_max_cores < 0 THEN NULL ELSE (x.int_max_cores - x.int_cores)::bigint END AS room
+           FROM folder_resource x JOIN fs ON fs.pk_folder = x.pk_folder
+           WHERE fs.fits AND (SELECT count(*) FROM jr) = (SELECT count(*) FROM jp)
+           ORDER BY x.pk_folder FOR UPDATE OF x),
     fr AS (
       UPDATE folder_resource x SET int_cores = x.int_cores + fp.c, int_gpus = x.int_gpus + fp.g
       FROM fp WHERE x.pk_folder = fp.folder AND x.pk_folder IN (SELECT pk_folder FROM fl)
@@ -163,7 +192,8 @@ const CHARGE_SQL: &str = "
         AND (x.int_max_gpus < 0 OR x.int_gpus + fp.g <= x.int_max_gpus)
       RETURNING 1),
     pp AS (SELECT jf.pk_dept AS dept, sum(jp.c) AS c, sum(jp.g) AS g FROM jp JOIN jf ON jf.pk_job = jp.job GROUP BY jf.pk_dept),
-    pl AS (SELECT pk_point FROM point WHERE pk_show = $6 AND pk_dept IN (SELECT dept FROM pp) AND (SELECT count(*) FROM fr) >= 0
+    pl AS (SELECT pk_point FROM point WHERE pk_show = $6 AND pk_dept IN (SELECT dept FROM pp)
+             AND (SELECT count(*) FROM fr) = (SELECT count(*) FROM fp)
            ORDER BY pk_dept FOR UPDATE),
     pt AS (
       UPDATE point x SET int_cores = x.int_cores + pp.c, int_gpus = x.int_gpus + pp.g
@@ -177,7 +207,13 @@ const CHARGE_SQL: &str = "
            ARRAY(SELECT pk_host::text FROM h ORDER BY pk_host), ARRAY(SELECT int_cores_idle::bigint FROM h ORDER BY pk_host),
            ARRAY(SELECT int_mem_idle::bigint FROM h ORDER BY pk_host), ARRAY(SELECT int_gpus_idle::bigint FROM h ORDER BY pk_host),
            ARRAY(SELECT int_gpu_mem_idle::bigint FROM h ORDER BY pk_host), extract(epoch FROM now())::float8,
-           (SELECT min(room) FROM sl), (SELECT min(room) FROM jl), (SELECT min(room) FROM fl)";
+           -- Room left: on the locked row where one was locked, else as the snapshot showed it.
+           (SELECT min(room) FROM (SELECT room FROM sl UNION ALL
+                                   SELECT room FROM ss WHERE pk_subscription NOT IN (SELECT pk_subscription FROM sl)) r),
+           (SELECT min(room) FROM (SELECT room FROM jl UNION ALL
+                                   SELECT room FROM js WHERE pk_job NOT IN (SELECT pk_job FROM jl)) r),
+           (SELECT min(room) FROM (SELECT room FROM fl UNION ALL
+                                   SELECT room FROM fs WHERE pk_folder NOT IN (SELECT pk_folder FROM fl)) r)";
 
 /// Compensation, step 1: clear the frame back to WAITING (exit 299) if it is still ours.
 const CLEAR_FRAME_SQL: &str = "
@@ -372,6 +408,10 @@ impl Booker {
         }
         if self.client.is_none() {
             let mut client = db::connect(&self.settings, "booking connection")?;
+            // The start and charge statements take milliseconds to plan and their best plan
+            // does not depend on the keys: plan them once per connection, not per booking
+            // (PostgreSQL's default re-plans each of the first five calls and may keep doing so).
+            client.batch_execute("SET plan_cache_mode = force_generic_plan").map_err(DbError::query("set plan cache mode"))?;
             let lock_limits = client.prepare(LOCK_LIMITS_SQL).map_err(DbError::query("prepare limit lock"))?;
             let start = client.prepare(&start_sql(self.managed_mode)).map_err(DbError::query("prepare frame start"))?;
             let charge = client.prepare(CHARGE_SQL).map_err(DbError::query("prepare charge"))?;

@@ -61,7 +61,11 @@ impl Context {
     pub fn new(settings: Settings, metrics: Arc<Metrics>, pool: Pool, managed_mode: bool) -> Context {
         let cache = HostCache::new(settings.cache.clone());
         let rqd = RqdClient::new(settings.rqd_port, settings.rqd_timeout);
-        let bookers = ArrayQueue::new(settings.matcher_threads + settings.dispatch_threads + 2);
+        // Every thread that may book at once keeps its booker (and its connection with the
+        // prepared, planned statements): each matcher's pool threads, the dispatch threads
+        // (compensation), the recovery sweep and the fetcher. A booker beyond this is dropped.
+        let booking_threads = settings.cluster_buffer_size.saturating_mul(settings.matcher_threads).saturating_add(settings.dispatch_threads + 2);
+        let bookers = ArrayQueue::new(booking_threads.clamp(1, limits::BOOKING_CONNECTIONS_KEPT_MAX));
         Context {
             tunables: RwLock::new(settings.tunables.clone()),
             reload_clusters: AtomicBool::new(false),
