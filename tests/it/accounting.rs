@@ -317,6 +317,76 @@ fn simulator_releases_detached_procs_like_cuebot() {
     assert_eq!(rollup_violations(&f.db), Vec::<String>::new());
 }
 
+/// The argument at the top of `db/accounting.rs`, proved with two sessions interleaved on
+/// purpose. A booking that has inserted its proc but not yet added its delta is not in the
+/// reconcile's SUM; its delta then waits for the reconcile's lock and lands on the reconciled
+/// value. A booking that already holds the row makes the reconcile skip it without waiting.
+fn reconcile_against_a_booking_in_flight(schema: Schema, block: u8) {
+    use cue_scheduler::db::accounting::{reconcile, Keys};
+    let Some(f) = farm(&format!("acct_inflight_{block}"), schema, block, 1, 2) else { return };
+    let job = f.jobs[0].clone();
+    let mut c = f.db.client();
+    let row = c
+        .query_one(
+            "SELECT f.pk_frame::text, f.pk_layer::text, h.pk_host::text FROM frame f, host h WHERE f.pk_job = $1 ORDER BY f.pk_frame LIMIT 1",
+            &[&job],
+        )
+        .expect("frame and host");
+    let (frame, layer, host): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+    let used = |c: &mut postgres::Client| -> (i64, i64) {
+        let r = c
+            .query_one(
+                "SELECT (SELECT int_cores::bigint FROM job_resource WHERE pk_job = $1),
+                        (SELECT COALESCE(sum(int_cores_reserved), 0)::bigint FROM proc WHERE pk_job = $1)",
+                &[&job],
+            )
+            .expect("job row and SUM(proc)");
+        (r.get(0), r.get(1))
+    };
+    // A release nobody decremented: the job row reads 500 too many.
+    c.execute("UPDATE job_resource SET int_cores = int_cores + 500 WHERE pk_job = $1", &[&job]).expect("drift");
+    let keys = Keys { jobs: [job.clone()].into_iter().collect(), ..Keys::default() };
+    let insert_proc = "INSERT INTO proc (pk_proc, pk_host, pk_show, pk_layer, pk_job, pk_frame, int_cores_reserved, int_mem_reserved,
+                                         int_mem_pre_reserved, int_mem_used, int_gpus_reserved, int_gpu_mem_reserved,
+                                         int_gpu_mem_pre_reserved, b_local)
+                       VALUES (gen_random_uuid()::text, $1, $2, $3, $4, $5, 100, 1048576, 1048576, 0, 0, 0, 0, false)";
+    // 1. The booking has inserted its proc, not yet its delta.
+    let mut other = f.db.client();
+    let mut booking = other.transaction().expect("begin booking");
+    booking.execute(insert_proc, &[&host, &f.org.show_id, &layer, &job, &frame]).expect("proc");
+    let mut reconciler = f.db.client();
+    let done = reconcile(&mut reconciler, &keys).expect("reconcile");
+    assert!(done.skipped.is_empty(), "nobody held the job row");
+    assert_eq!(used(&mut c), (0, 0), "the reconcile set the row to SUM(proc) without the uncommitted proc");
+    booking.execute("UPDATE job_resource SET int_cores = int_cores + 100 WHERE pk_job = $1", &[&job]).expect("delta");
+    booking.commit().expect("commit booking");
+    assert_eq!(used(&mut c), (100, 100), "the booking's delta landed on the reconciled value");
+    // 2. The booking already holds the row: the reconcile skips it at once, and the next one
+    //    (after the booking committed) is exact.
+    c.execute("UPDATE job_resource SET int_cores = int_cores + 500 WHERE pk_job = $1", &[&job]).expect("drift");
+    let frame2: String = c
+        .query_one("SELECT pk_frame::text FROM frame WHERE pk_job = $1 AND pk_frame <> $2 ORDER BY pk_frame LIMIT 1", &[&job, &frame])
+        .expect("second frame")
+        .get(0);
+    let mut booking = other.transaction().expect("begin booking");
+    booking.execute(insert_proc, &[&host, &f.org.show_id, &layer, &job, &frame2]).expect("proc");
+    booking.execute("UPDATE job_resource SET int_cores = int_cores + 100 WHERE pk_job = $1", &[&job]).expect("delta");
+    let started = Instant::now();
+    let done = reconcile(&mut reconciler, &keys).expect("reconcile");
+    assert!(started.elapsed() < Duration::from_secs(1), "the reconcile did not wait for the held row");
+    assert!(done.skipped.jobs.contains(&job), "the held row comes back to be tried again");
+    booking.commit().expect("commit booking");
+    let done = reconcile(&mut reconciler, &done.skipped).expect("reconcile again");
+    assert!(done.skipped.is_empty());
+    assert_eq!(used(&mut c), (200, 200), "exact once the booking committed");
+}
+
+#[test]
+fn a_reconcile_never_loses_a_booking_in_flight() {
+    reconcile_against_a_booking_in_flight(Schema::Project, 92);
+    reconcile_against_a_booking_in_flight(Schema::Real, 93);
+}
+
 fn drain_under(mode: Mode, schema: Schema, block: u8) {
     let test = format!("acct_e2e_{}", mode.name());
     let Some(f) = farm(&test, schema, block, 4, 12) else { return };
