@@ -215,6 +215,40 @@ pub const ACCOUNTING_LATE_WAKES_MAX: usize = 1_000;
 /// often: a busy show would otherwise be re-queried after every release.
 pub const ACCOUNTING_WAKE_MIN_MS: u64 = 250;
 
+/// Standing ownership (`pipeline::ownership`): advisory-lock namespaces (the first key of the
+/// two-key form; the second is the member's or unit's 32-bit key). "cuM", "cuU", "cuC".
+pub const OWNERSHIP_MEMBER_NS: i32 = 0x0063_754d;
+pub const OWNERSHIP_UNIT_NS: i32 = 0x0063_7555;
+pub const OWNERSHIP_CANDIDATE_NS: i32 = 0x0063_7543;
+
+/// How often an instance reads its peers and units and renews its ownership. A dead peer's
+/// units are taken over within about one tick of its sessions ending.
+pub const OWNERSHIP_TICK_MS: u64 = 1_000;
+
+/// What the instance owns is trusted this long after the last tick that proved its session
+/// alive; past it the host cache refuses checkouts and the fetcher emits nothing. Shorter than
+/// `OWNERSHIP_FENCE_AFTER_MS`, so a frozen instance's own lease has lapsed before its peers
+/// take its units.
+pub const OWNERSHIP_LEASE_MS: u64 = 5_000;
+
+/// A peer whose ownership session has been idle this long (no tick) is frozen or partitioned:
+/// its sessions are terminated (`pg_terminate_backend`) and its units taken over.
+pub const OWNERSHIP_FENCE_AFTER_MS: u64 = 10_000;
+
+/// Units and candidacy (which allocations this instance's clusters draw on) are re-read this
+/// often, and after every cluster reload.
+pub const OWNERSHIP_UNITS_REFRESH_MS: u64 = 10_000;
+
+/// Rebalancing moves a unit only when the move lowers the most loaded member's load by at
+/// least this share of it (hysteresis: a balanced split never flaps).
+pub const OWNERSHIP_REBALANCE_GAIN_MIN_PERCENT: i64 = 10;
+
+/// Units moved by rebalancing per tick at most.
+pub const OWNERSHIP_REBALANCE_MOVES_MAX: usize = 8;
+
+/// A unit that came by a rebalance is not moved again by rebalancing for this long.
+pub const OWNERSHIP_HOLD_MIN_MS: u64 = 3_000;
+
 /// The largest configuration file read. The sample with every key and its comments is about
 /// 10 KiB; a bigger file is a mistake (or `/dev/zero`), refused instead of slurped.
 pub const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;

@@ -58,6 +58,7 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Some(Command::Explain(args)) => cue_scheduler_explain(&config, &args),
+        Some(Command::Status(args)) => cue_scheduler_status(&config, &args),
         None => run(&config, &cli),
     }
 }
@@ -70,6 +71,23 @@ fn cue_scheduler_explain(config: &Config, args: &cli::ExplainArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("cue-scheduler explain: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn cue_scheduler_status(config: &Config, args: &cli::StatusArgs) -> ExitCode {
+    let status = cue_scheduler::config::settings::Settings::from_config(config).and_then(|settings| {
+        let mut client = cue_scheduler::db::connect(&settings.db, "status").map_err(|e| e.to_string())?;
+        cue_scheduler::pipeline::ownership::read_status(&mut client, "").map_err(|e| e.to_string())
+    });
+    match status {
+        Ok(view) => {
+            print!("{}", if args.json { view.to_json() } else { view.to_text() });
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cue-scheduler status: {e}");
             ExitCode::from(1)
         }
     }

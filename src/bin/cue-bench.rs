@@ -19,6 +19,8 @@ use std::sync::Arc;
 
 #[path = "cue-bench/chaos.rs"]
 mod chaos;
+#[path = "cue-bench/instances.rs"]
+mod instances;
 use std::time::{Duration, Instant};
 
 /// Benchmark the scheduler on the issue-4 workloads.
@@ -27,9 +29,10 @@ struct Args {
     /// workloads, comma-separated: drain, saturation, latency, scale, accounting, chaos (default drain,saturation,latency)
     #[argh(option, default = "String::from(\"drain,saturation,latency\")")]
     workload: String,
-    /// scheduler processes on the same farm (drain and saturation)
-    #[argh(option, default = "1")]
-    instances: usize,
+    /// scheduler processes on the same farm (drain and saturation); a list (1,3) runs each
+    /// count in turn, so the table compares them from one invocation
+    #[argh(option, default = "String::from(\"1\")")]
+    instances: String,
     /// schemas: project, real or both (real needs ../shared/cuebot/schema.sql)
     #[argh(option, default = "String::from(\"both\")")]
     schema: String,
@@ -103,7 +106,12 @@ fn run(args: &Args) -> Result<(), String> {
                 "latency" => latency_lines.push(latency(args, &server, schema, &sql)?),
                 "accounting" => latency_lines.extend(accounting(args, &server, schema, &sql)?),
                 "chaos" => latency_lines.extend(chaos::run(args.chaos_secs, &args.out, &server, schema, &sql)?),
-                _ => rows.push(throughput(args, &server, workload, schema, &sql)?),
+                "failover" => latency_lines.extend(instances::failover(args, &server, schema, &sql)?),
+                _ => {
+                    for n in instance_counts(args)? {
+                        rows.push(throughput(args, &server, workload, schema, &sql, n)?);
+                    }
+                }
             }
         }
     }
@@ -112,6 +120,13 @@ fn run(args: &Args) -> Result<(), String> {
         println!("{line}");
     }
     Ok(())
+}
+
+fn instance_counts(args: &Args) -> Result<Vec<usize>, String> {
+    args.instances
+        .split(',')
+        .map(|n| n.trim().parse::<usize>().ok().filter(|n| (1..=16).contains(n)).ok_or_else(|| format!("--instances: `{n}` is not a count from 1 to 16")))
+        .collect()
 }
 
 fn prepare(server: &Server, name: &str, schema_sql: &str) -> Result<Farm, String> {
@@ -168,7 +183,7 @@ fn poll_running(client: &mut Client) -> i64 {
     client.query_one(POLL, &[]).map(|r| r.get::<_, i64>(0)).unwrap_or(-1)
 }
 
-fn throughput(args: &Args, server: &Server, workload: &str, schema: &str, sql: &str) -> Result<Row, String> {
+fn throughput(args: &Args, server: &Server, workload: &str, schema: &str, sql: &str, n: usize) -> Result<Row, String> {
     let db = format!("bench_{workload}_{schema}");
     let mut farm = prepare(server, &db, sql)?;
     let shrink = args.shrink.max(1);
@@ -188,30 +203,40 @@ fn throughput(args: &Args, server: &Server, workload: &str, schema: &str, sql: &
         "saturation" => workloads::seed_saturation(&mut farm, (400 / shrink).max(8), (150 / shrink).max(4), 7)?,
         other => return Err(format!("unknown workload `{other}`")),
     };
+    // The jobs wait paused until every instance has joined and the pools are split, so the
+    // clock measures the farm draining, the same way for 1 and for N instances.
+    farm.client.batch_execute("UPDATE job SET b_paused = true").map_err(|e| db_message(&e))?;
     settle_and_reset(&mut farm.client)?;
     let mut poller = server.connect(&db)?;
     let poller_pid: i32 = poller.query_one("SELECT pg_backend_pid()", &[]).map_err(|e| e.to_string())?.get(0);
+    let mut instances = start_instances(args, server, &db, &format!("{workload}-{schema}-x{n}"), n)?;
+    let joined = instances::wait_split(&mut poller, n, Duration::from_secs(30));
     let (rows_before, cpu_before) = (rows_read(&mut poller)?, procs::postgres_cpu_secs(&[poller_pid]));
+    poller.batch_execute("/* cue-bench */ UPDATE job SET b_paused = false").map_err(|e| db_message(&e))?;
     let started = Instant::now();
-    let mut instances = start_instances(args, server, &db, &format!("{workload}-{schema}"), args.instances)?;
     let (booked, wall) = wait_for_drain(&mut poller, workload, eligible, started, Duration::from_secs(args.timeout_secs));
     let cpu_after = procs::postgres_cpu_secs(&[poller_pid]);
-    let wasted: f64 = instances
+    let pages: Vec<String> = instances.iter().map(|i| procs::http_get(i.metrics_port, "/metrics").map(|(_, p)| p).unwrap_or_default()).collect();
+    let wasted_of = |page: &String| procs::metric_sum(page, "scheduler_checkout_outcome_total", None) - procs::metric_sum(page, "scheduler_checkout_outcome_total", Some("\"booked\""));
+    let wasted: f64 = pages.iter().map(wasted_of).sum();
+    let shares: Vec<String> = pages
         .iter()
-        .filter_map(|i| procs::http_get(i.metrics_port, "/metrics").ok())
-        .map(|(_, page)| procs::metric_sum(&page, "scheduler_checkout_outcome_total", None) - procs::metric_sum(&page, "scheduler_checkout_outcome_total", Some("\"booked\"")))
-        .sum();
+        .map(|page| format!("{:.0}/{:.0}", procs::metric_sum(page, "scheduler_frames_dispatched_total", None), wasted_of(page)))
+        .collect();
     let (statements, exec_ms) = statement_stats(&mut poller)?;
     if args.top > 0 {
         print_top_statements(&mut poller, args.top, booked)?;
     }
     let rows = rows_read(&mut poller)? - rows_before;
     let usage: Vec<Usage> = instances.iter_mut().map(|i| procs::stop(&mut i.child, Duration::from_secs(30))).collect();
-    let note = if workload == "saturation" { cap_check(&mut poller)? } else { String::new() };
+    let mut note = if workload == "saturation" { cap_check(&mut poller)? } else { String::new() };
+    if n > 1 {
+        note = format!("{note}{}booked/wasted per instance {}{}", if note.is_empty() { "" } else { "; " }, shares.join(", "), if joined { "" } else { " (pools not split before the start)" });
+    }
     Ok(Row {
         workload: workload.into(),
         schema: schema.into(),
-        instances: args.instances,
+        instances: n,
         eligible,
         booked,
         wall_secs: wall,

@@ -40,6 +40,17 @@ pub struct Cli {
 #[argh(subcommand)]
 pub enum Command {
     Explain(ExplainArgs),
+    Status(StatusArgs),
+}
+
+/// Print every live scheduler instance and the host pools it owns, read from the database
+/// alone (works when no instance's HTTP port is reachable).
+#[derive(FromArgs, Debug, PartialEq)]
+#[argh(subcommand, name = "status")]
+pub struct StatusArgs {
+    /// machine-readable output
+    #[argh(switch)]
+    pub json: bool,
 }
 
 /// Explain, read-only, why a job's waiting frames are not dispatching now.

@@ -138,6 +138,7 @@ impl Settings {
                 display: format!("{}@{}:{}/{}", database.db_user, database.db_host, database.db_port, database.db_name),
                 pool_size: database.pool_size,
                 connect_timeout: Duration::from_secs(10),
+                instance: String::new(),
             },
             facility: config.scheduler.facility.clone(),
             tunables: Tunables {

@@ -134,6 +134,10 @@ pub struct DbSettings {
     pub display: String,
     pub pool_size: u32,
     pub connect_timeout: Duration,
+    /// The scheduler instance these connections belong to (empty outside a pipeline): every
+    /// session's `application_name` ends in `[<instance>]`, so peers can find, and fence, all
+    /// of one instance's sessions (see `pipeline::ownership`).
+    pub instance: String,
 }
 
 impl fmt::Debug for DbSettings {
@@ -148,13 +152,22 @@ fn pg_config(settings: &DbSettings) -> Result<postgres::Config, DbError> {
         .parse()
         .map_err(|e: postgres::Error| DbError::Connect { context: "parse connection settings", message: e.to_string() })?;
     config.connect_timeout(settings.connect_timeout);
-    config.application_name("cue-scheduler");
+    config.application_name(&application_name(settings, "cue-scheduler"));
     // Client-side keepalives notice a vanished server; the server-side ones (below) end the
     // sessions of a vanished or frozen client, so its locks do not outlive it.
     config.keepalives(true);
     config.keepalives_idle(Duration::from_secs(crate::limits::DB_TCP_KEEPALIVES_IDLE_SECS));
     config.options(&session_options());
     Ok(config)
+}
+
+/// `base`, tagged with the instance when there is one: `cue-scheduler [host:pid]`.
+pub fn application_name(settings: &DbSettings, base: &str) -> String {
+    if settings.instance.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base} [{}]", settings.instance)
+    }
 }
 
 /// Per-session server settings (`-c` options at connect, so they hold from the first
@@ -177,7 +190,7 @@ pub fn connect(settings: &DbSettings, context: &'static str) -> Result<Client, D
 /// in `pg_stat_activity`.
 pub fn connect_as(settings: &DbSettings, context: &'static str, application_name: &str) -> Result<Client, DbError> {
     let mut config = pg_config(settings)?;
-    config.application_name(application_name);
+    config.application_name(&self::application_name(settings, application_name));
     connect_guarded(&config).map_err(|e| DbError::Connect { context, message: format!("{e} ({})", settings.display) })
 }
 

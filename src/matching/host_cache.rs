@@ -11,7 +11,7 @@ use crate::matching::matcher::{self, Weights};
 use crate::model::{Host, Layer};
 use crate::db::queries::HostRow;
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -85,12 +85,22 @@ struct Group {
     keys: HashMap<HostId, (i64, i64)>,
     last_fetched: Instant,
     last_queried: Instant,
+    /// Must be fetched before the next search (the owned pools changed).
+    expired: bool,
+}
+
+/// The host pools (allocations) this instance owns, and until when that is trusted.
+struct Serving {
+    allocs: HashSet<String>,
+    valid_until: Instant,
 }
 
 #[derive(Default)]
 struct Inner {
     hosts: HashMap<HostId, Entry>,
     groups: BTreeMap<GroupKey, Group>,
+    /// `None`: no ownership restriction (a cache used outside a pipeline).
+    serving: Option<Serving>,
 }
 
 pub struct HostCache {
@@ -121,7 +131,7 @@ impl HostCache {
         keys.iter()
             .filter(|key| match inner.groups.get(*key) {
                 None => true,
-                Some(group) => now.duration_since(group.last_fetched) > self.settings.group_idle_timeout,
+                Some(group) => group.expired || now.duration_since(group.last_fetched) > self.settings.group_idle_timeout,
             })
             .cloned()
             .collect()
@@ -133,7 +143,7 @@ impl HostCache {
         let inner = self.inner.lock();
         let now = Instant::now();
         keys.iter()
-            .filter(|key| inner.groups.get(*key).is_some_and(|g| now.duration_since(g.last_fetched) > age))
+            .filter(|key| inner.groups.get(*key).is_some_and(|g| g.expired || now.duration_since(g.last_fetched) > age))
             .cloned()
             .collect()
     }
@@ -151,16 +161,21 @@ impl HostCache {
         let mut grew = false;
         let now = Instant::now();
         let mut inner = self.inner.lock();
-        let Inner { hosts, groups } = &mut *inner;
+        let Inner { hosts, groups, serving } = &mut *inner;
         let group = groups.entry(key.clone()).or_insert_with(|| Group {
             index: BTreeSet::new(),
             keys: HashMap::new(),
             last_fetched: now,
             last_queried: now,
+            expired: false,
         });
         group.last_fetched = now;
+        group.expired = false;
         let mut seen: BTreeSet<HostId> = BTreeSet::new();
         for row in rows {
+            if serving.as_ref().is_some_and(|s| !s.allocs.contains(&row.host.alloc_id)) {
+                continue;
+            }
             let id = Arc::clone(&row.host.id);
             seen.insert(Arc::clone(&id));
             let fresh_for = self.settings.host_staleness_threshold.as_secs_f64() - row.ping_age_secs;
@@ -209,6 +224,10 @@ impl HostCache {
     pub fn checkout(&self, keys: &[GroupKey], search: &Search, strategy: &Strategy) -> Option<Checkout> {
         let now = Instant::now();
         let mut inner = self.inner.lock();
+        if inner.serving.as_ref().is_some_and(|s| now >= s.valid_until) {
+            // Ownership not proven recently (a frozen instance that just woke): book nothing.
+            return None;
+        }
         for key in keys {
             let Some(group) = inner.groups.get_mut(key) else { continue };
             group.last_queried = now;
@@ -313,7 +332,7 @@ impl HostCache {
     /// Returns a host with the idle values the database returned after booking on it.
     pub fn checkin(&self, id: &HostId, idle: IdleValues, db_time: f64) {
         let mut inner = self.inner.lock();
-        let Inner { hosts, groups } = &mut *inner;
+        let Inner { hosts, groups, .. } = &mut *inner;
         let Some(entry) = hosts.get_mut(id) else { return };
         entry.host.cores_idle = idle.cores_idle;
         entry.host.mem_idle = idle.mem_idle;
@@ -350,7 +369,7 @@ impl HostCache {
         let now = Instant::now();
         let idle_timeout = self.settings.group_idle_timeout;
         let mut inner = self.inner.lock();
-        let Inner { hosts, groups } = &mut *inner;
+        let Inner { hosts, groups, .. } = &mut *inner;
         groups.retain(|_, group| now.duration_since(group.last_queried) <= idle_timeout);
         let stale: Vec<HostId> = hosts
             .iter()
@@ -369,6 +388,38 @@ impl HostCache {
             }
         }
         stale.len()
+    }
+
+    /// Restricts the cache to the owned pools until `valid_until`: hosts of pools given up
+    /// leave at once; when pools were gained, every group is fetched again before its next
+    /// search.
+    pub fn set_serving(&self, allocs: &HashSet<String>, valid_until: Instant) {
+        let mut inner = self.inner.lock();
+        let Inner { hosts, groups, serving } = &mut *inner;
+        let (lost, gained) = match serving.as_ref() {
+            None => (true, true),
+            Some(s) => (s.allocs.iter().any(|a| !allocs.contains(a)), allocs.iter().any(|a| !s.allocs.contains(a))),
+        };
+        if lost {
+            let gone: Vec<HostId> = hosts.iter().filter(|(_, e)| !allocs.contains(&e.host.alloc_id)).map(|(id, _)| Arc::clone(id)).collect();
+            for id in gone {
+                if let Some(entry) = hosts.remove(&id) {
+                    for key in &entry.groups {
+                        if let Some(group) = groups.get_mut(key) {
+                            if let Some(old) = group.keys.remove(&id) {
+                                group.index.remove(&(old.0, old.1, Arc::clone(&id)));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if gained {
+            for group in groups.values_mut() {
+                group.expired = true;
+            }
+        }
+        *serving = Some(Serving { allocs: allocs.clone(), valid_until });
     }
 
     /// Hosts currently cached (for logs and tests).

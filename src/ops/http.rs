@@ -233,6 +233,7 @@ fn answer(ctx: &Context, head: &[u8]) -> Vec<u8> {
             Err(e) => response(500, &format!("cannot encode metrics: {e}\n"), "text/plain", head_only),
         },
         "/healthz" => response(200, "ok\n", "text/plain", head_only),
+        "/status" => response(200, &ctx.ownership_status().to_json(), "application/json", head_only),
         "/readyz" => match ctx.readiness() {
             Ok(()) => response(200, "ready\n", "text/plain", head_only),
             Err(why) => response(503, &format!("not ready: {why}\n"), "text/plain", head_only),

@@ -48,6 +48,10 @@ pub struct Metrics {
     pub http_connections_open: IntGauge,
     pub http_connections_dropped_total: IntCounterVec,
     pub thread_deaths_total: IntCounterVec,
+    pub instances_live: IntGauge,
+    pub owned_units: IntGauge,
+    pub ownership_changes_total: IntCounterVec,
+    pub fenced_total: IntCounter,
 }
 
 // Start-up only, with constant names, help texts and labels: an error here is a programming
@@ -149,6 +153,10 @@ impl Metrics {
             http_connections_open: gauge(&r, "scheduler_http_connections_open", "Open connections to the metrics/health endpoint (addition)"),
             http_connections_dropped_total: counter_vec(&r, "scheduler_http_connections_dropped_total", "HTTP connections closed for room: evicted (oldest unfinished) or full (addition)", &["reason"]),
             thread_deaths_total: counter_vec(&r, "scheduler_thread_deaths_total", "Pipeline threads that died (panicked or returned early), by thread (addition)", &["thread"]),
+            instances_live: gauge(&r, "scheduler_instances_live", "Scheduler instances with a live membership on this database, this one included (addition)"),
+            owned_units: gauge(&r, "scheduler_owned_units", "Host pools (allocations) this instance owns and serves (addition)"),
+            ownership_changes_total: counter_vec(&r, "scheduler_ownership_changes_total", "Units this instance took or gave up, by why: joined, left (owner gone), fenced (owner frozen), rebalanced (addition)", &["reason"]),
+            fenced_total: counter(&r, "scheduler_fenced_total", "Frozen peers whose sessions this instance terminated (addition)"),
             registry: r,
         }
     }

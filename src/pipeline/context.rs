@@ -9,6 +9,7 @@ use crate::limits;
 use crate::ops::metrics::Metrics;
 use crate::rqd::RqdClient;
 use crate::config::settings::{Settings, Tunables};
+use crate::pipeline::ownership::{Serving, StatusView};
 use crossbeam::queue::ArrayQueue;
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use std::collections::HashSet;
@@ -51,6 +52,13 @@ pub struct Context {
     pub compensation_retries: crate::pipeline::recovery::Retries,
     /// Shows of the clusters this instance serves (set at start-up and at each reload).
     show_ids: RwLock<Vec<String>>,
+    /// The cluster set, and a counter bumped whenever it is set (the ownership thread re-reads
+    /// its candidacy then).
+    clusters: RwLock<Arc<Vec<crate::model::Cluster>>>,
+    clusters_generation: AtomicU64,
+    /// What this instance owns and serves now (`pipeline::ownership`).
+    serving: RwLock<Arc<Serving>>,
+    ownership_status: Mutex<StatusView>,
     /// Pipeline threads: name -> last sign of progress. A thread that dies is recorded in
     /// `dead_thread`, and the process stops (exit code 70) so its supervisor restarts it.
     heartbeats: Mutex<std::collections::HashMap<String, Instant>>,
@@ -89,6 +97,10 @@ impl Context {
             wake_everything: AtomicBool::new(false),
             compensation_retries: crate::pipeline::recovery::Retries::default(),
             show_ids: RwLock::new(Vec::new()),
+            clusters: RwLock::new(Arc::new(Vec::new())),
+            clusters_generation: AtomicU64::new(0),
+            serving: RwLock::new(Arc::new(Serving::nothing())),
+            ownership_status: Mutex::new(StatusView::default()),
             heartbeats: Mutex::new(std::collections::HashMap::new()),
             dead_thread: Mutex::new(None),
         }
@@ -201,6 +213,40 @@ impl Context {
         shows.sort();
         shows.dedup();
         *self.show_ids.write() = shows;
+        *self.clusters.write() = Arc::new(clusters.to_vec());
+        self.clusters_generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn clusters(&self) -> Arc<Vec<crate::model::Cluster>> {
+        Arc::clone(&self.clusters.read())
+    }
+
+    pub fn clusters_generation(&self) -> u64 {
+        self.clusters_generation.load(Ordering::SeqCst)
+    }
+
+    /// What this instance may serve now.
+    pub fn serving(&self) -> Arc<Serving> {
+        Arc::clone(&self.serving.read())
+    }
+
+    /// Installs a tick's ownership: the host cache keeps only owned pools' hosts and refuses
+    /// checkouts once it lapses; a change wakes every cluster.
+    pub fn set_serving(&self, serving: Serving) {
+        let changed = self.serving.read().allocs != serving.allocs;
+        self.cache.set_serving(&serving.allocs, serving.valid_until);
+        *self.serving.write() = Arc::new(serving);
+        if changed {
+            self.wake_all();
+        }
+    }
+
+    pub fn set_ownership_status(&self, status: StatusView) {
+        *self.ownership_status.lock() = status;
+    }
+
+    pub fn ownership_status(&self) -> StatusView {
+        self.ownership_status.lock().clone()
     }
 
     pub fn show_ids(&self) -> Vec<String> {

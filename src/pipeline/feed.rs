@@ -299,6 +299,9 @@ impl<'a> Feed<'a> {
     }
 
     fn release(&mut self, cluster: &Cluster) {
+        if cluster.kind == crate::model::ClusterKind::Alloc {
+            return; // never leased (standing ownership)
+        }
         let key = lease_key(cluster);
         // A lost connection released every lease already; do not reconnect just for this.
         if let Some(conn) = self.connection.as_mut().filter(|c| !c.client.is_closed()) {
@@ -437,10 +440,13 @@ impl<'a> Feed<'a> {
     fn pick(&mut self) -> Option<usize> {
         let now = Instant::now();
         let n = self.slots.len();
+        let serving = self.ctx.serving();
         for offset in 0..n {
             let index = (self.next + offset) % n;
             let slot = &mut self.slots[index];
-            if slot.in_flight {
+            // Only clusters this instance serves: its allocation owned, or (tag clusters) an
+            // owned allocation carrying its tags. Nothing while ownership is not proven.
+            if slot.in_flight || !serving.serves(&slot.cluster) {
                 continue;
             }
             match slot.wake_at {
@@ -468,7 +474,10 @@ impl<'a> Feed<'a> {
         let cluster = self.slots[index].cluster.clone();
         let settings = &self.ctx.settings;
         let (jobs_max, frames_max) = (settings.jobs_per_pass as i64, settings.frames_per_layer as i64);
-        match self.lease(&cluster) {
+        // An allocation cluster is served by its pool's owner alone; a tag cluster may be
+        // served by the owner of each pool its hosts are in, and those take turns per pass.
+        let leased = cluster.kind != crate::model::ClusterKind::Alloc;
+        match if leased { self.lease(&cluster) } else { Ok(true) } {
             Ok(true) => {}
             Ok(false) => {
                 // Another instance is working on this cluster: look again shortly.

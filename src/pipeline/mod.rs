@@ -19,6 +19,7 @@ pub mod pass;
 pub mod dispatch;
 pub mod recovery;
 pub mod context;
+pub mod ownership;
 
 use crate::pipeline::context::Context;
 use crate::db::{self, DbError};
@@ -108,7 +109,10 @@ fn spawn(ctx: &Arc<Context>, name: String, f: impl FnOnce() + Send + 'static) ->
 
 impl Pipeline {
     /// Connects, resolves the facility, loads the clusters and starts every thread.
-    pub fn start(settings: Settings, metrics: Arc<Metrics>) -> Result<Pipeline, StartError> {
+    pub fn start(mut settings: Settings, metrics: Arc<Metrics>) -> Result<Pipeline, StartError> {
+        // Every session carries the instance's name, so peers can find (and fence) them all.
+        static PIPELINES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        settings.db.instance = ownership::instance_id(PIPELINES.fetch_add(1, Ordering::SeqCst));
         // One direct connection first: an unreachable database fails fast (connect_timeout)
         // with the server's own message, instead of waiting out the pool's timeout.
         drop(db::connect(&settings.db, "start-up")?);
@@ -161,6 +165,10 @@ impl Pipeline {
         }
         ctx.set_clusters(&clusters);
         ctx.clusters_loaded.store(true, Ordering::SeqCst);
+        // Join before the first pass: a lone instance owns every pool from the start.
+        let mut ownership = ownership::Ownership::new(ctx.settings.db.clone(), facility_id.clone());
+        ownership.tick(&ctx);
+        info!("instance {}: owns {} host pool(s)", ctx.settings.db.instance, ctx.serving().allocs.len());
         ctx.db_reachable.store(true, Ordering::SeqCst);
         let mut pipeline = Pipeline {
             ctx: Arc::clone(&ctx),
@@ -171,7 +179,7 @@ impl Pipeline {
             dispatchers: Vec::new(),
             background: Vec::new(),
         };
-        pipeline.spawn_threads(clusters, facility_id, http_server)?;
+        pipeline.spawn_threads(clusters, facility_id, http_server, ownership)?;
         Ok(pipeline)
     }
 
@@ -180,6 +188,7 @@ impl Pipeline {
         clusters: Vec<Cluster>,
         facility_id: Option<String>,
         http_server: Option<http::Server>,
+        ownership: ownership::Ownership,
     ) -> Result<(), StartError> {
         let ctx = &self.ctx;
         let owner = Arc::clone(ctx);
@@ -223,6 +232,8 @@ impl Pipeline {
             let accounting_ctx = Arc::clone(ctx);
             self.background.push(spawn(&owner, "accounting".into(), move || crate::db::accounting::run(&accounting_ctx))?);
         }
+        let ownership_ctx = Arc::clone(ctx);
+        self.background.push(spawn(&owner, "ownership".into(), move || ownership::run(&ownership_ctx, ownership))?);
         let recovery_ctx = Arc::clone(ctx);
         self.background.push(spawn(&owner, "recovery".into(), move || crate::pipeline::recovery::run(&recovery_ctx))?);
         let refresh_ctx = Arc::clone(ctx);

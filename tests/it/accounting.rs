@@ -482,7 +482,7 @@ fn a_killed_listener_is_replaced_and_nothing_is_lost() {
         killed += admin
             .query(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                 WHERE application_name = 'cue-scheduler accounting listener' AND datname = current_database()",
+                 WHERE application_name LIKE 'cue-scheduler accounting listener%' AND datname = current_database()",
                 &[],
             )
             .expect("terminate")

@@ -13,3 +13,4 @@ mod explain;
 mod faults;
 mod hostile;
 mod daemon;
+mod instances;

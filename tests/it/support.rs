@@ -64,6 +64,7 @@ impl TestDb {
             display: self.name.clone(),
             pool_size: 8,
             connect_timeout: Duration::from_secs(5),
+            instance: String::new(),
         }
     }
 

@@ -327,7 +327,7 @@ impl Drop for Children {
     }
 }
 
-fn invariants_sql() -> String {
+pub fn invariants_sql() -> String {
     let shared = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/cuebot/invariants.sql");
     std::fs::read_to_string(shared).unwrap_or_else(|_| include_str!("../../../tests/sql/invariants.sql").to_string())
 }
