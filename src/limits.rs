@@ -249,6 +249,10 @@ pub const OWNERSHIP_REBALANCE_MOVES_MAX: usize = 8;
 /// A unit that came by a rebalance is not moved again by rebalancing for this long.
 pub const OWNERSHIP_HOLD_MIN_MS: u64 = 3_000;
 
+/// A cluster whose pass found its fitting hosts all checked out by this instance's other passes
+/// looks again after this long (they are checked in within milliseconds).
+pub const RESERVED_RETRY_MS: u64 = 100;
+
 /// The largest configuration file read. The sample with every key and its comments is about
 /// 10 KiB; a bigger file is a mistake (or `/dev/zero`), refused instead of slurped.
 pub const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;

@@ -222,15 +222,8 @@ impl<'a> Feed<'a> {
         slot.in_flight = false;
         let label = slot.cluster.kind.label();
         self.ctx.metrics.frames_dispatched_per_pass.with_label_values(&[label]).observe(finished.result.frames_booked as f64);
-        let reason = if finished.result.subscription_full {
-            slot.wake_at = Some((crate::limits::deadline_after(settings.cluster_empty_sleep), SleepReason::Saturated));
-            "saturated"
-        } else if finished.result.frames_booked == 0 {
-            slot.wake_at = Some((crate::limits::deadline_after(settings.cluster_saturated_sleep), SleepReason::Saturated));
-            "saturated"
-        } else {
-            "booked"
-        };
+        let (sleep, reason) = sleep_after(&finished.result, settings.cluster_empty_sleep, settings.cluster_saturated_sleep);
+        slot.wake_at = sleep.map(|wait| (crate::limits::deadline_after(wait), SleepReason::Saturated));
         self.ctx.metrics.pass_terminated_reason_total.with_label_values(&[reason]).inc();
     }
 
@@ -571,6 +564,22 @@ impl<'a> Feed<'a> {
     }
 }
 
+/// How long a cluster sleeps after a pass, and the pass's end reason. A pass that booked
+/// nothing only because its hosts were checked out by another of our passes looks again in
+/// `RESERVED_RETRY_MS`: those hosts are checked in within milliseconds, and sleeping
+/// `cluster_saturated_sleep` would leave a dispatchable layer waiting beside a free host.
+fn sleep_after(result: &PassResult, empty_sleep: Duration, saturated_sleep: Duration) -> (Option<Duration>, &'static str) {
+    if result.subscription_full {
+        (Some(empty_sleep), "saturated")
+    } else if result.frames_booked == 0 && result.waited_on_reserved {
+        (Some(Duration::from_millis(crate::limits::RESERVED_RETRY_MS)), "hosts_checked_out")
+    } else if result.frames_booked == 0 {
+        (Some(saturated_sleep), "saturated")
+    } else {
+        (None, "booked")
+    }
+}
+
 fn count_jobs(work: &[crate::model::LayerWork]) -> usize {
     let mut jobs = 0;
     let mut last: Option<&str> = None;
@@ -585,8 +594,10 @@ fn count_jobs(work: &[crate::model::LayerWork]) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::lease_key;
+    use super::{lease_key, sleep_after};
     use crate::model::{Cluster, ClusterKind};
+    use crate::pipeline::pass::PassResult;
+    use std::time::Duration;
 
     fn cluster(show: &str, tags: &[&str]) -> Cluster {
         Cluster {
@@ -598,6 +609,19 @@ mod tests {
             tags: tags.iter().map(|t| t.to_string()).collect(),
             alloc_id: None,
         }
+    }
+
+    #[test]
+    fn a_pass_blocked_only_by_checked_out_hosts_retries_at_once() {
+        let settings = (Duration::from_secs(3), Duration::from_secs(5));
+        let blocked = PassResult { frames_booked: 0, subscription_full: false, waited_on_reserved: true };
+        let (sleep, reason) = sleep_after(&blocked, settings.0, settings.1);
+        assert_eq!(reason, "hosts_checked_out");
+        assert!(sleep.is_some_and(|s| s <= Duration::from_millis(200)), "{sleep:?}");
+        let nothing_fits = PassResult { waited_on_reserved: false, ..blocked };
+        assert_eq!(sleep_after(&nothing_fits, settings.0, settings.1), (Some(Duration::from_secs(5)), "saturated"));
+        let booked = PassResult { frames_booked: 3, ..blocked };
+        assert_eq!(sleep_after(&booked, settings.0, settings.1), (None, "booked"));
     }
 
     #[test]

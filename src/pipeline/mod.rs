@@ -4,14 +4,16 @@
 //! job-fetcher ──Pass (cap 16)──▶ matcher-N ──rayon pool "matcher-pool-N"──▶ Launch (cap 1024) ──▶ dispatch-N ──▶ RQD
 //!      ▲                              │ book (DB txn), check host in/out
 //!      └────────PassDone──────────────┘           host cache ◀── cache-refresh
-//! metrics-http serves /metrics /healthz /readyz
+//! metrics-http serves /metrics /healthz /readyz /status
+//! ownership: which host pools this instance serves (fetcher and host cache follow it)
 //! ```
 //!
 //! Shutdown order (`Pipeline::shutdown`): set the stop flag → the fetcher stops emitting and
 //! drops the pass channel → matchers finish the host they are booking and exit → the launch
 //! channel closes → dispatchers launch what is queued until the drain deadline, then
 //! compensate the rest → cache refresher, recovery (one last try of queued compensations),
-//! accounting (reconciles what it heard) and HTTP server exit. Every thread is joined.
+//! accounting (reconciles what it heard), ownership (its session closes, freeing its pools)
+//! and HTTP server exit. Every thread is joined.
 
 // The stages in the order data flows through them, then what serves them.
 pub mod feed;

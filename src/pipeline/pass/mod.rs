@@ -62,6 +62,10 @@ pub struct PassResult {
     pub frames_booked: u64,
     /// A cap of the cluster's allocation was hit: the cluster should sleep.
     pub subscription_full: bool,
+    /// Some layer found no host only because fitting hosts were checked out by another pass
+    /// (of this instance): they come back within milliseconds, so the cluster should not
+    /// sleep as saturated.
+    pub waited_on_reserved: bool,
 }
 
 impl std::ops::Add for PassResult {
@@ -70,6 +74,7 @@ impl std::ops::Add for PassResult {
         PassResult {
             frames_booked: self.frames_booked + other.frames_booked,
             subscription_full: self.subscription_full || other.subscription_full,
+            waited_on_reserved: self.waited_on_reserved || other.waited_on_reserved,
         }
     }
 }
