@@ -249,9 +249,14 @@ pub const OWNERSHIP_REBALANCE_MOVES_MAX: usize = 8;
 /// A unit that came by a rebalance is not moved again by rebalancing for this long.
 pub const OWNERSHIP_HOLD_MIN_MS: u64 = 3_000;
 
-/// A cluster whose pass found its fitting hosts all checked out by this instance's other passes
-/// looks again after this long (they are checked in within milliseconds).
-pub const RESERVED_RETRY_MS: u64 = 100;
+/// Instances that share a tag cluster prefer different jobs (`Serving::share`); which
+/// instance prefers which job rotates this often (seconds of the database clock), so a job no
+/// host of "its" instance fits is preferred by another within a few periods.
+pub const JOB_SLOT_ROTATE_S: u64 = 10;
+
+/// A cluster whose pass booked nothing only because another booker got there first (its hosts
+/// checked out by another pass of ours, its frames taken) looks again after this long.
+pub const CONTENDED_RETRY_MS: u64 = 100;
 
 /// The largest configuration file read. The sample with every key and its comments is about
 /// 10 KiB; a bigger file is a mistake (or `/dev/zero`), refused instead of slurped.

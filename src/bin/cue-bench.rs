@@ -217,11 +217,22 @@ fn throughput(args: &Args, server: &Server, workload: &str, schema: &str, sql: &
     let (booked, wall) = wait_for_drain(&mut poller, workload, eligible, started, Duration::from_secs(args.timeout_secs));
     let cpu_after = procs::postgres_cpu_secs(&[poller_pid]);
     let pages: Vec<String> = instances.iter().map(|i| procs::http_get(i.metrics_port, "/metrics").map(|(_, p)| p).unwrap_or_default()).collect();
-    let wasted_of = |page: &String| procs::metric_sum(page, "scheduler_checkout_outcome_total", None) - procs::metric_sum(page, "scheduler_checkout_outcome_total", Some("\"booked\""));
+    for (i, page) in pages.iter().enumerate() {
+        // Kept beside the logs for a closer look at a run.
+        let _ = std::fs::write(Path::new(&args.out).join(format!("{workload}-{schema}-x{n}-{i}.metrics")), page);
+    }
+    // A wasted attempt: a host checked out whose booking booked nothing (another booker took the
+    // host's room or the frames first, or a guard refused). Searches that found no host
+    // ("no_match") touch no host and are not counted.
+    let outcome = |page: &String, label: &str| procs::metric_sum(page, "scheduler_checkout_outcome_total", Some(&format!("\"{label}\"")));
+    let wasted_of = |page: &String| outcome(page, "no_progress") + outcome(page, "dispatch_error");
     let wasted: f64 = pages.iter().map(wasted_of).sum();
     let shares: Vec<String> = pages
         .iter()
-        .map(|page| format!("{:.0}/{:.0}", procs::metric_sum(page, "scheduler_frames_dispatched_total", None), wasted_of(page)))
+        .map(|page| {
+            let conflicts = procs::metric_sum(page, "scheduler_booking_conflicts_total", None);
+            format!("{:.0}/{:.0}/{:.0}", procs::metric_sum(page, "scheduler_frames_dispatched_total", None), wasted_of(page), conflicts)
+        })
         .collect();
     let (statements, exec_ms) = statement_stats(&mut poller)?;
     if args.top > 0 {
@@ -231,7 +242,7 @@ fn throughput(args: &Args, server: &Server, workload: &str, schema: &str, sql: &
     let usage: Vec<Usage> = instances.iter_mut().map(|i| procs::stop(&mut i.child, Duration::from_secs(30))).collect();
     let mut note = if workload == "saturation" { cap_check(&mut poller)? } else { String::new() };
     if n > 1 {
-        note = format!("{note}{}booked/wasted per instance {}{}", if note.is_empty() { "" } else { "; " }, shares.join(", "), if joined { "" } else { " (pools not split before the start)" });
+        note = format!("{note}{}booked/wasted/conflicts per instance {}{}", if note.is_empty() { "" } else { "; " }, shares.join(", "), if joined { "" } else { " (pools not split before the start)" });
     }
     Ok(Row {
         workload: workload.into(),

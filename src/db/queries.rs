@@ -48,6 +48,7 @@ pub fn pass_sql(managed_mode: bool) -> String {
     let managed = managed_clause(managed_mode, "s");
     let limit_ok = layer_limit_ok("l.pk_layer");
     let sane = SANE_LAYER;
+    let rotate = crate::limits::JOB_SLOT_ROTATE_S;
     format!(
         "WITH candidates AS (
            -- Cheap filters and the order first; OFFSET 0 keeps the costly tests below out of
@@ -57,7 +58,10 @@ pub fn pass_sql(managed_mode: bool) -> String {
                   j.pk_folder, j.pk_dept, fo.pk_dept AS folder_dept, fo.pk_show AS folder_show,
                   jr.int_priority::bigint AS priority,
                   jr.int_cores::bigint AS cores, jr.int_max_cores::bigint AS max_cores,
-                  jr.int_gpus::bigint AS gpus, jr.int_max_gpus::bigint AS max_gpus, j.ts_started
+                  jr.int_gpus::bigint AS gpus, jr.int_max_gpus::bigint AS max_gpus, j.ts_started,
+                  -- Instances sharing a tag cluster ($8 of them, this one rank $9) prefer
+                  -- different jobs within a priority; the slots rotate on the database clock.
+                  mod(hashtext(j.pk_job::text)::bigint + 2147483648 + extract(epoch FROM now())::bigint / {rotate}, $8::bigint) <> $9::bigint AS other_slot
            FROM job j
            JOIN job_stat js ON js.pk_job = j.pk_job
            JOIN job_resource jr ON jr.pk_job = j.pk_job
@@ -71,7 +75,7 @@ pub fn pass_sql(managed_mode: bool) -> String {
              AND EXISTS (SELECT 1 FROM subscription sub WHERE sub.pk_show = $1
                            AND ($4::text IS NULL OR sub.pk_alloc = $4)
                            AND sub.int_burst > 0 AND sub.int_burst - sub.int_cores >= 100)
-           ORDER BY jr.int_priority DESC, j.ts_started, j.pk_job
+           ORDER BY jr.int_priority DESC, other_slot, j.ts_started, j.pk_job
            OFFSET 0),
          jobs AS (
            SELECT c.*,
@@ -126,7 +130,7 @@ pub fn pass_sql(managed_mode: bool) -> String {
            AND jobs.gpus + l.int_gpus_min < jobs.max_gpus
            AND {limit_ok}
            AND fr.ids IS NOT NULL
-         ORDER BY jobs.priority DESC, jobs.ts_started, jobs.pk_job, l.int_dispatch_order, l.pk_layer"
+         ORDER BY jobs.priority DESC, jobs.other_slot, jobs.ts_started, jobs.pk_job, l.int_dispatch_order, l.pk_layer"
     )
 }
 
@@ -151,12 +155,15 @@ pub fn fetch_pass(
     jobs_max: i64,
     frames_per_layer: i64,
     skip_frames: &[String],
+    (servers, rank): (i64, i64),
 ) -> Result<PassWork, DbError> {
     const CTX: &str = "read pending work";
+    let servers = servers.max(1);
+    let rank = rank.clamp(0, servers - 1);
     let rows = client
         .query(
             statement,
-            &[&cluster.show_id, &cluster.facility_id, &cluster.tags, &cluster.alloc_id, &jobs_max, &frames_per_layer, &skip_frames],
+            &[&cluster.show_id, &cluster.facility_id, &cluster.tags, &cluster.alloc_id, &jobs_max, &frames_per_layer, &skip_frames, &servers, &rank],
         )
         .map_err(DbError::query(CTX))?;
     let mut work: Vec<LayerWork> = Vec::with_capacity(rows.len());

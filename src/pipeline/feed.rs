@@ -21,9 +21,6 @@ pub struct PassDone {
     pub result: PassResult,
 }
 
-/// How soon a cluster leased by another instance is looked at again.
-const LEASE_RETRY_MS: u64 = 100;
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum SleepReason {
     NoWork,
@@ -45,29 +42,6 @@ struct FetchConnection {
     pass: Statement,
     awake: Statement,
     probe: Statement,
-    lease: Statement,
-    release: Statement,
-}
-
-/// The cluster's lease key: a session advisory lock every instance derives the same way
-/// (64-bit FNV-1a of the cluster's identity), held by the fetcher's connection while the
-/// cluster's pass is in flight. Another instance skips a leased cluster, so instances take
-/// turns instead of racing each other for the same frames and hosts; a crashed instance's
-/// leases die with its connection. The database guards stay the safety net.
-pub fn lease_key(cluster: &Cluster) -> i64 {
-    let identity = format!(
-        "cue-scheduler|{}|{}|{}|{}",
-        cluster.facility_id,
-        cluster.show_id,
-        cluster.kind.label(),
-        cluster.tags.join(",")
-    );
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in identity.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash as i64
 }
 
 /// The wake probe: (waiting frames of pending jobs, pending jobs, newest job start, idle
@@ -123,9 +97,7 @@ impl FetchConnection {
         let pass = client.prepare(&queries::pass_sql(ctx.managed_mode)).map_err(DbError::query("prepare pass query"))?;
         let awake = client.prepare(&awake_sql(ctx.managed_mode)).map_err(DbError::query("prepare awake scan"))?;
         let probe = client.prepare(PROBE_SQL).map_err(DbError::query("prepare wake probe"))?;
-        let lease = client.prepare("SELECT pg_try_advisory_lock($1::bigint)").map_err(DbError::query("prepare lease"))?;
-        let release = client.prepare("SELECT pg_advisory_unlock($1::bigint)").map_err(DbError::query("prepare release"))?;
-        Ok(FetchConnection { client, pass, awake, probe, lease, release })
+        Ok(FetchConnection { client, pass, awake, probe })
     }
 }
 
@@ -216,7 +188,6 @@ impl<'a> Feed<'a> {
     }
 
     fn finish(&mut self, finished: PassDone) {
-        self.release(&finished.cluster);
         let settings = self.ctx.tunables().clone();
         let Some(slot) = self.slots.iter_mut().find(|s| s.cluster == finished.cluster) else { return };
         slot.in_flight = false;
@@ -280,26 +251,6 @@ impl<'a> Feed<'a> {
                     })
                     .collect();
                 self.next = 0;
-            }
-        }
-    }
-
-    fn lease(&mut self, cluster: &Cluster) -> Result<bool, DbError> {
-        let key = lease_key(cluster);
-        let conn = self.connection()?;
-        let row = conn.client.query_one(&conn.lease, &[&key]).map_err(DbError::query("lease cluster"))?;
-        queries::col(&row, 0, "lease cluster")
-    }
-
-    fn release(&mut self, cluster: &Cluster) {
-        if cluster.kind == crate::model::ClusterKind::Alloc {
-            return; // never leased (standing ownership)
-        }
-        let key = lease_key(cluster);
-        // A lost connection released every lease already; do not reconnect just for this.
-        if let Some(conn) = self.connection.as_mut().filter(|c| !c.client.is_closed()) {
-            if let Err(e) = conn.client.query_one(&conn.release, &[&key]) {
-                debug!("cluster {cluster}: lease release failed: {e}");
             }
         }
     }
@@ -467,24 +418,12 @@ impl<'a> Feed<'a> {
         let cluster = self.slots[index].cluster.clone();
         let settings = &self.ctx.settings;
         let (jobs_max, frames_max) = (settings.jobs_per_pass as i64, settings.frames_per_layer as i64);
-        // An allocation cluster is served by its pool's owner alone; a tag cluster may be
-        // served by the owner of each pool its hosts are in, and those take turns per pass.
-        let leased = cluster.kind != crate::model::ClusterKind::Alloc;
-        match if leased { self.lease(&cluster) } else { Ok(true) } {
-            Ok(true) => {}
-            Ok(false) => {
-                // Another instance is working on this cluster: look again shortly.
-                self.slots[index].wake_at = Some((Instant::now() + Duration::from_millis(LEASE_RETRY_MS), SleepReason::Saturated));
-                self.ctx.metrics.booking_conflicts_total.with_label_values(&["cluster_leased"]).inc();
-                return None;
-            }
-            Err(e) => debug!("cluster {cluster}: lease query failed ({e}); the pass query will tell"),
-        }
         let started = Instant::now();
         let skip = self.ctx.unlaunchable_frames();
+        let share = self.ctx.serving().share();
         let result = match self.connection() {
             Ok(conn) => {
-                queries::fetch_pass(&mut conn.client, &conn.pass, &cluster, jobs_max, frames_max, &skip)
+                queries::fetch_pass(&mut conn.client, &conn.pass, &cluster, jobs_max, frames_max, &skip, share)
             }
             Err(e) => Err(e),
         };
@@ -513,7 +452,6 @@ impl<'a> Feed<'a> {
                     self.failing.insert(cluster.clone(), message);
                 }
                 ctx.metrics.pass_terminated_reason_total.with_label_values(&["query_error"]).inc();
-                self.release(&cluster);
                 return None;
             }
         };
@@ -528,7 +466,6 @@ impl<'a> Feed<'a> {
             ctx.metrics.pass_terminated_reason_total.with_label_values(&["no_jobs"]).inc();
             ctx.metrics.frames_dispatched_per_pass.with_label_values(&[cluster.kind.label()]).observe(0.0);
             self.empty_passes += 1;
-            self.release(&cluster);
             if let Some(limit) = ctx.settings.empty_job_cycles_before_quitting {
                 if self.empty_passes >= limit {
                     info!("{} consecutive passes found no jobs (empty_job_cycles_before_quitting); stopping", self.empty_passes);
@@ -565,14 +502,15 @@ impl<'a> Feed<'a> {
 }
 
 /// How long a cluster sleeps after a pass, and the pass's end reason. A pass that booked
-/// nothing only because its hosts were checked out by another of our passes looks again in
-/// `RESERVED_RETRY_MS`: those hosts are checked in within milliseconds, and sleeping
-/// `cluster_saturated_sleep` would leave a dispatchable layer waiting beside a free host.
+/// nothing only because another booker got there first (its hosts checked out by another of
+/// our passes, its frames taken by another pass or instance) looks again in
+/// `CONTENDED_RETRY_MS`: sleeping `cluster_saturated_sleep` would leave a dispatchable layer
+/// waiting beside a free host.
 fn sleep_after(result: &PassResult, empty_sleep: Duration, saturated_sleep: Duration) -> (Option<Duration>, &'static str) {
     if result.subscription_full {
         (Some(empty_sleep), "saturated")
-    } else if result.frames_booked == 0 && result.waited_on_reserved {
-        (Some(Duration::from_millis(crate::limits::RESERVED_RETRY_MS)), "hosts_checked_out")
+    } else if result.frames_booked == 0 && result.contended {
+        (Some(Duration::from_millis(crate::limits::CONTENDED_RETRY_MS)), "contended")
     } else if result.frames_booked == 0 {
         (Some(saturated_sleep), "saturated")
     } else {
@@ -594,51 +532,20 @@ fn count_jobs(work: &[crate::model::LayerWork]) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::{lease_key, sleep_after};
-    use crate::model::{Cluster, ClusterKind};
+    use super::sleep_after;
     use crate::pipeline::pass::PassResult;
     use std::time::Duration;
 
-    fn cluster(show: &str, tags: &[&str]) -> Cluster {
-        Cluster {
-            facility_id: "F".into(),
-            facility_name: "lax".into(),
-            show_id: show.into(),
-            show_name: show.into(),
-            kind: ClusterKind::Manual,
-            tags: tags.iter().map(|t| t.to_string()).collect(),
-            alloc_id: None,
-        }
-    }
-
     #[test]
-    fn a_pass_blocked_only_by_checked_out_hosts_retries_at_once() {
+    fn a_pass_that_lost_only_to_other_bookers_retries_at_once() {
         let settings = (Duration::from_secs(3), Duration::from_secs(5));
-        let blocked = PassResult { frames_booked: 0, subscription_full: false, waited_on_reserved: true };
+        let blocked = PassResult { frames_booked: 0, subscription_full: false, contended: true };
         let (sleep, reason) = sleep_after(&blocked, settings.0, settings.1);
-        assert_eq!(reason, "hosts_checked_out");
+        assert_eq!(reason, "contended");
         assert!(sleep.is_some_and(|s| s <= Duration::from_millis(200)), "{sleep:?}");
-        let nothing_fits = PassResult { waited_on_reserved: false, ..blocked };
+        let nothing_fits = PassResult { contended: false, ..blocked };
         assert_eq!(sleep_after(&nothing_fits, settings.0, settings.1), (Some(Duration::from_secs(5)), "saturated"));
         let booked = PassResult { frames_booked: 3, ..blocked };
         assert_eq!(sleep_after(&booked, settings.0, settings.1), (None, "booked"));
-    }
-
-    #[test]
-    fn lease_keys_are_stable_and_distinct() {
-        // Every instance must derive the same key: a fixed value guards the hash itself.
-        assert_eq!(lease_key(&cluster("s1", &["a", "b"])), lease_key(&cluster("s1", &["a", "b"])));
-        assert_eq!(lease_key(&cluster("s1", &["a"])), -5982889386064045961_i64, "FNV-1a of `cue-scheduler|F|s1|manual|a`");
-        let keys = [
-            lease_key(&cluster("s1", &["a", "b"])),
-            lease_key(&cluster("s1", &["a"])),
-            lease_key(&cluster("s2", &["a", "b"])),
-            lease_key(&cluster("s1", &["ab"])),
-        ];
-        for (i, a) in keys.iter().enumerate() {
-            for b in &keys[i + 1..] {
-                assert_ne!(a, b);
-            }
-        }
     }
 }

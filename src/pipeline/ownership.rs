@@ -193,15 +193,39 @@ pub struct Serving {
     pub valid_until: Instant,
     /// Bumped whenever `allocs` changes.
     pub generation: u64,
+    /// This instance, and the live owner of every owned allocation (as of the last tick).
+    pub me: String,
+    /// Live instances, sorted.
+    pub live: Vec<String>,
 }
 
 impl Serving {
     pub fn nothing() -> Serving {
-        Serving { allocs: HashSet::new(), tag_allocs: HashMap::new(), valid_until: Instant::now(), generation: 0 }
+        Serving {
+            allocs: HashSet::new(),
+            tag_allocs: HashMap::new(),
+            valid_until: Instant::now(),
+            generation: 0,
+            me: String::new(),
+            live: Vec::new(),
+        }
     }
 
     pub fn is_valid(&self) -> bool {
         Instant::now() < self.valid_until
+    }
+
+    /// (instances, rank): how many instances are live and this one's place among them. A pass
+    /// prefers the jobs of its rank (the pass query's `other_slot`), within a priority, for
+    /// every cluster: an instance's allocation and tag clusters then work on the same jobs,
+    /// and other instances on others, instead of racing for the same frames. The slots rotate
+    /// every `JOB_SLOT_ROTATE_S`, so no job waits on one instance's hosts for long. (1, 0)
+    /// alone.
+    pub fn share(&self) -> (i64, i64) {
+        match self.live.iter().position(|s| *s == self.me) {
+            Some(rank) => (self.live.len() as i64, rank as i64),
+            None => (1, 0),
+        }
     }
 
     /// Whether this instance serves the cluster now: its allocation is owned, or (tag
@@ -407,6 +431,8 @@ pub struct Ownership {
     member: bool,
     candidate_of: HashSet<u32>,
     owned: HashMap<u32, Instant>,
+    /// Live instances (sorted), from the last tick.
+    live: Vec<String>,
     /// Units that came by a rebalance, and when (`OWNERSHIP_HOLD_MIN_MS`).
     moved_in: HashMap<u32, Instant>,
     units: Vec<Unit>,
@@ -431,6 +457,7 @@ impl Ownership {
             candidate_of: HashSet::new(),
             owned: HashMap::new(),
             moved_in: HashMap::new(),
+            live: Vec::new(),
             units: Vec::new(),
             tag_allocs: HashMap::new(),
             units_read: None,
@@ -465,6 +492,7 @@ impl Ownership {
                 self.member = false;
                 self.candidate_of.clear();
                 self.owned.clear();
+                self.live.clear();
                 self.publish(ctx, Instant::now());
             }
         }
@@ -580,6 +608,9 @@ impl Ownership {
         for key in self.owned.keys() {
             self.last_owner.insert(*key, id.clone());
         }
+        let mut sorted = live.clone();
+        sorted.sort();
+        self.live = sorted;
         ctx.metrics.instances_live.set(live.len() as i64);
         ctx.metrics.owned_units.set(self.owned.len() as i64);
         self.publish(ctx, started);
@@ -688,7 +719,14 @@ impl Ownership {
             self.generation += 1;
         }
         let valid_until = if self.member { proven_at + Duration::from_millis(limits::OWNERSHIP_LEASE_MS) } else { Instant::now() };
-        let serving = Serving { allocs, tag_allocs: self.tag_allocs.clone(), valid_until, generation: self.generation };
+        let serving = Serving {
+            allocs,
+            tag_allocs: self.tag_allocs.clone(),
+            valid_until,
+            generation: self.generation,
+            me: self.id.clone(),
+            live: self.live.clone(),
+        };
         ctx.set_serving(serving);
     }
 

@@ -64,6 +64,7 @@ pub(super) fn apply_batch(
         if lost > 0 {
             // Taken by another booker meanwhile (SKIP LOCKED or no longer WAITING): dropped.
             ctx.metrics.booking_conflicts_total.with_label_values(&["frame_taken"]).inc_by(lost as u64);
+            state.lost_frames = true;
             state.frames.retain(|(f, _)| !assignment.planned.iter().any(|p| p.frame_id == f.id) || mine.iter().any(|b| b.frame_id == f.id));
         }
         launched += launch_booked(ctx, pass, state.work, &assignment.host, &mine, &mut state.frames, &mut plan.booked_units, launches);
@@ -175,6 +176,8 @@ pub(super) struct HostStep {
     pub(super) subscription_full: bool,
     pub(super) stop_job: bool,
     pub(super) stop_layer: bool,
+    /// Some planned frames were taken by another booker.
+    pub(super) lost_frames: bool,
 }
 
 /// Plans, books and queues frames of one layer on one checked-out host.
@@ -187,7 +190,7 @@ pub(super) fn book_on_host(
     job_booked_units: &mut i64,
     launches: &Sender<Launch>,
 ) -> HostStep {
-    let mut step = HostStep { booked: 0, outcome_label: "no_progress", subscription_full: false, stop_job: false, stop_layer: false };
+    let mut step = HostStep { booked: 0, outcome_label: "no_progress", subscription_full: false, stop_job: false, stop_layer: false, lost_frames: false };
     let job = &work.job;
     let layer = &work.layer;
     let planned = plan_on_host(ctx, work, host, frames, *job_booked_units);
@@ -233,6 +236,7 @@ pub(super) fn book_on_host(
             let lost = planned_ids.len() - booked.len();
             if lost > 0 {
                 ctx.metrics.booking_conflicts_total.with_label_values(&["frame_taken"]).inc_by(lost as u64);
+                step.lost_frames = true;
             }
             launch_booked(ctx, pass, work, host, &booked, frames, job_booked_units, launches);
             // Frames planned but not started were taken by another booker: drop them.
@@ -243,6 +247,7 @@ pub(super) fn book_on_host(
         Ok(BookOutcome::NothingStarted) => {
             ctx.cache.invalidate(&host.id);
             conflict("frame_taken");
+            step.lost_frames = true;
             frames.retain(|(f, _)| !planned_ids.contains(&f.id));
             if work.layer.has_limits {
                 step.stop_layer = true;

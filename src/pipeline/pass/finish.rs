@@ -14,7 +14,7 @@ pub(super) fn finish_job(ctx: &Context, pass: &Pass, plan: &mut JobPlan, launche
         result = result + outcome.result;
         plan.stop_job = outcome.stop_job;
     }
-    result.waited_on_reserved = plan.states.iter().any(|s| s.saw_reserved && !s.frames.is_empty());
+    result.contended = plan.states.iter().any(|s| (s.saw_reserved && !s.frames.is_empty()) || s.lost_frames);
     let tried = plan.states.iter().any(|s| s.attempts > 0);
     if tried && result.frames_booked == 0 && plan.states.iter().all(|s| !s.matched && !s.saw_reserved) {
         debug!("job {}: no host of cluster {} fits any layer; backing it off", plan.job.name, pass.cluster);
@@ -44,6 +44,7 @@ pub(super) fn run_layer(ctx: &Context, pass: &Pass, state: &mut LayerState, job_
         };
         state.matched = true;
         let step = book_on_host(ctx, pass, state.work, &host, &mut state.frames, job_booked_units, launches);
+        state.lost_frames |= step.lost_frames;
         ctx.metrics.checkout_outcome_total.with_label_values(&[step.outcome_label]).inc();
         outcome.result.frames_booked += step.booked;
         if step.subscription_full {

@@ -62,10 +62,11 @@ pub struct PassResult {
     pub frames_booked: u64,
     /// A cap of the cluster's allocation was hit: the cluster should sleep.
     pub subscription_full: bool,
-    /// Some layer found no host only because fitting hosts were checked out by another pass
-    /// (of this instance): they come back within milliseconds, so the cluster should not
+    /// Some layer lost to another booker: it found no host only because fitting hosts were
+    /// checked out by another pass of ours (back within milliseconds), or its frames were
+    /// taken by another pass or instance. The cluster should look again soon rather than
     /// sleep as saturated.
-    pub waited_on_reserved: bool,
+    pub contended: bool,
 }
 
 impl std::ops::Add for PassResult {
@@ -74,7 +75,7 @@ impl std::ops::Add for PassResult {
         PassResult {
             frames_booked: self.frames_booked + other.frames_booked,
             subscription_full: self.subscription_full || other.subscription_full,
-            waited_on_reserved: self.waited_on_reserved || other.waited_on_reserved,
+            contended: self.contended || other.contended,
         }
     }
 }
@@ -139,6 +140,8 @@ pub(super) struct LayerState<'a> {
     matched: bool,
     /// A search found nothing only because fitting hosts were checked out by other matchers.
     saw_reserved: bool,
+    /// Frames planned for this layer were taken by another booker.
+    lost_frames: bool,
 }
 
 /// One host picked for one layer in the batch plan.

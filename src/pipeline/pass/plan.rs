@@ -53,7 +53,7 @@ pub(super) fn prepare_layer<'a>(ctx: &Context, pass: &Pass, work: &'a LayerWork,
         ctx.count_error("host_cache");
         return None;
     }
-    Some(LayerState { work, frames, keys, attempts: 0, matched: false, saw_reserved: false })
+    Some(LayerState { work, frames, keys, attempts: 0, matched: false, saw_reserved: false, lost_frames: false })
 }
 
 /// Plans hosts for every layer of the job: as many hosts as each layer's fetched frames
