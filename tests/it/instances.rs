@@ -294,3 +294,49 @@ fn overlapping_static_flags_are_settled_by_ownership() {
     assert_eq!(fleet.rqd.duplicate_launches(), Vec::<String>::new());
     assert_eq!(fleet.db.violations(), Vec::<String>::new());
 }
+
+/// The pass query's job slots: two instances sharing a cluster are handed different jobs of
+/// the same priority first (their ranks' slots), and a lone instance sees plain FIFO order.
+#[test]
+fn instances_sharing_a_cluster_prefer_different_jobs() {
+    use cue_scheduler::db::queries;
+    use cue_scheduler::model::{Cluster, ClusterKind};
+    let fleet = fleet("inst_slots");
+    // 40 jobs: each slot of two holds at least 4 of them but with odds of about 1 in 10^8.
+    for j in 0..40 {
+        fleet.job(&format!("showa-slot{j:02}"), "alloc0", 2);
+    }
+    let cluster = Cluster {
+        facility_id: fleet.org.facility_id.clone(),
+        facility_name: "lax".into(),
+        show_id: fleet.org.show_id.clone(),
+        show_name: "showa".into(),
+        kind: ClusterKind::Manual,
+        tags: vec!["alloc0".into()],
+        alloc_id: None,
+    };
+    let mut client = fleet.db.client();
+    let statement = client.prepare(&queries::pass_sql(true)).expect("prepare");
+    let epoch = |c: &mut postgres::Client| c.query_one("SELECT extract(epoch FROM now())::bigint / 10", &[]).expect("epoch").get::<_, i64>(0);
+    let jobs = |c: &mut postgres::Client, share: (i64, i64)| -> Vec<String> {
+        let work = queries::fetch_pass(c, &statement, &cluster, 4, 10, &[], share).expect("pass").work;
+        let mut names: Vec<String> = work.iter().map(|w| w.job.name.clone()).collect();
+        names.dedup();
+        names
+    };
+    // Retry once if the slots rotated between the two reads (every 10 s).
+    let (a, b) = loop {
+        let before = epoch(&mut client);
+        let a = jobs(&mut client, (2, 0));
+        let b = jobs(&mut client, (2, 1));
+        if epoch(&mut client) == before {
+            break (a, b);
+        }
+    };
+    let alone = jobs(&mut client, (1, 0));
+    assert_eq!((a.len(), b.len()), (4, 4), "{a:?} {b:?}");
+    assert!(a.iter().all(|j| !b.contains(j)), "ranks 0 and 1 were handed the same jobs: {a:?} {b:?}");
+    let fifo: Vec<String> = (0..4).map(|j| format!("showa-slot{j:02}")).collect();
+    assert_eq!(alone, fifo, "a lone instance keeps FIFO order");
+    assert_eq!(jobs(&mut client, (5, 9)).len(), 4, "an out-of-range rank is clamped, never an error");
+}
