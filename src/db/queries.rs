@@ -59,14 +59,17 @@ pub fn pass_sql(managed_mode: bool) -> String {
                   jr.int_priority::bigint AS priority,
                   jr.int_cores::bigint AS cores, jr.int_max_cores::bigint AS max_cores,
                   jr.int_gpus::bigint AS gpus, jr.int_max_gpus::bigint AS max_gpus, j.ts_started,
-                  -- Instances sharing a tag cluster ($8 of them, this one rank $9) prefer
-                  -- different jobs within a priority; the slots rotate on the database clock.
-                  mod(hashtext(j.pk_job::text)::bigint + 2147483648 + extract(epoch FROM now())::bigint / {rotate}, $8::bigint) <> $9::bigint AS other_slot
+                  slot.other_slot,
+                  CASE WHEN slot.other_slot THEN -extract(epoch FROM j.ts_started) ELSE extract(epoch FROM j.ts_started) END AS queue_order
            FROM job j
            JOIN job_stat js ON js.pk_job = j.pk_job
            JOIN job_resource jr ON jr.pk_job = j.pk_job
            JOIN folder fo ON fo.pk_folder = j.pk_folder
            JOIN folder_resource fr ON fr.pk_folder = j.pk_folder
+           -- Instances sharing a farm ($8 of them, this one rank $9) prefer different jobs
+           -- within a priority: a job's slot, rotating on the database clock.
+           CROSS JOIN LATERAL (SELECT mod(hashtext(j.pk_job::text)::bigint + 2147483648
+                                          + extract(epoch FROM now())::bigint / {rotate}, $8::bigint) <> $9::bigint AS other_slot) slot
            WHERE j.pk_show = $1 AND j.pk_facility = $2 AND j.str_state = 'PENDING'
              AND NOT j.b_paused AND j.b_auto_book AND js.int_waiting_count > 0
              AND (fr.int_max_cores < 0 OR fr.int_cores < fr.int_max_cores)
@@ -75,7 +78,10 @@ pub fn pass_sql(managed_mode: bool) -> String {
              AND EXISTS (SELECT 1 FROM subscription sub WHERE sub.pk_show = $1
                            AND ($4::text IS NULL OR sub.pk_alloc = $4)
                            AND sub.int_burst > 0 AND sub.int_burst - sub.int_cores >= 100)
-           ORDER BY jr.int_priority DESC, other_slot, j.ts_started, j.pk_job
+           -- Own slot oldest first; other slots' jobs after them, newest first: a helper
+           -- takes from the far end of another instance's queue (work stealing), so the two
+           -- meet only when that queue is nearly empty.
+           ORDER BY jr.int_priority DESC, other_slot, queue_order, j.pk_job
            OFFSET 0),
          jobs AS (
            SELECT c.*,
@@ -130,7 +136,7 @@ pub fn pass_sql(managed_mode: bool) -> String {
            AND jobs.gpus + l.int_gpus_min < jobs.max_gpus
            AND {limit_ok}
            AND fr.ids IS NOT NULL
-         ORDER BY jobs.priority DESC, jobs.other_slot, jobs.ts_started, jobs.pk_job, l.int_dispatch_order, l.pk_layer"
+         ORDER BY jobs.priority DESC, jobs.other_slot, jobs.queue_order, jobs.pk_job, l.int_dispatch_order, l.pk_layer"
     )
 }
 

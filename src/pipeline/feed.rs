@@ -195,6 +195,7 @@ impl<'a> Feed<'a> {
         self.ctx.metrics.frames_dispatched_per_pass.with_label_values(&[label]).observe(finished.result.frames_booked as f64);
         let (sleep, reason) = sleep_after(&finished.result, settings.cluster_empty_sleep, settings.cluster_saturated_sleep);
         slot.wake_at = sleep.map(|wait| (crate::limits::deadline_after(wait), SleepReason::Saturated));
+        debug!("cluster {}: pass booked {} frames ({reason}); next in {:?}", slot.cluster, finished.result.frames_booked, sleep.unwrap_or_default());
         self.ctx.metrics.pass_terminated_reason_total.with_label_values(&[reason]).inc();
     }
 
