@@ -724,8 +724,8 @@ impl<'a> Worker<'a> {
         }
         // What was heard before the stop is reconciled once more, without waiting for locks
         // (rows held elsewhere are healed by the next start-up reconcile).
-        if !self.pending.is_empty() {
-            self.reconcile_pending();
+        if self.leader && !self.pending.is_empty() {
+            self.reconcile_pending_now(true);
         }
         self.judge_drift(true);
     }
@@ -873,8 +873,10 @@ impl<'a> Worker<'a> {
             match notice {
                 Notice::Release(r) => {
                     self.ctx.metrics.accounting_notifications_total.with_label_values(&[CHANNEL_RELEASE]).inc();
+                    // Every instance keeps the announcements: a follower that becomes the
+                    // leader (a takeover reconcile) can then tell them from drift.
+                    self.ledger.announce(&r);
                     if self.leader {
-                        self.ledger.announce(&r);
                         self.pending.add_release(&r);
                         // A job may have moved since Cuebot loaded the proc: its current folder
                         // and point are looked up in the reconcile.
@@ -928,12 +930,18 @@ impl<'a> Worker<'a> {
     }
 
     fn reconcile_pending(&mut self) {
+        self.reconcile_pending_now(false);
+    }
+
+    /// `all`: the coarse rows too, even before their interval (the last reconcile at a stop,
+    /// so that the next leader finds nothing of ours left to correct).
+    fn reconcile_pending_now(&mut self, all: bool) {
         if self.pending.is_empty() {
             return;
         }
         // Subscription, folder and point rows sum every proc of a show: reconcile them at most
         // every ACCOUNTING_COARSE_MIN_MS, the per-layer and per-job rows at once.
-        let coarse_due = self.last_coarse.elapsed() >= Duration::from_millis(limits::ACCOUNTING_COARSE_MIN_MS);
+        let coarse_due = all || self.last_coarse.elapsed() >= Duration::from_millis(limits::ACCOUNTING_COARSE_MIN_MS);
         if !coarse_due && self.pending.layers.is_empty() && self.pending.jobs.is_empty() {
             return;
         }
