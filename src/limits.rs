@@ -249,6 +249,10 @@ pub const OWNERSHIP_REBALANCE_MOVES_MAX: usize = 8;
 /// A unit that came by a rebalance is not moved again by rebalancing for this long.
 pub const OWNERSHIP_HOLD_MIN_MS: u64 = 3_000;
 
+/// Frames remembered as booked by this instance, to tell which booker took a frame a pass lost
+/// (about 3 MB at most).
+pub const RECENT_BOOKED_FRAMES_MAX: usize = 50_000;
+
 /// Instances that share a tag cluster prefer different jobs (`Serving::share`); which
 /// instance prefers which job rotates this often (seconds of the database clock), so a job no
 /// host of "its" instance fits is preferred by another within a few periods.

@@ -231,7 +231,13 @@ fn throughput(args: &Args, server: &Server, workload: &str, schema: &str, sql: &
         .iter()
         .map(|page| {
             let conflicts = procs::metric_sum(page, "scheduler_booking_conflicts_total", None);
-            format!("{:.0}/{:.0}/{:.0}", procs::metric_sum(page, "scheduler_frames_dispatched_total", None), wasted_of(page), conflicts)
+            format!(
+                "{:.0}/{:.0}/{:.0}/{:.0}",
+                procs::metric_sum(page, "scheduler_frames_dispatched_total", None),
+                wasted_of(page),
+                procs::metric_sum(page, "scheduler_attempts_wasted_by_others_total", None),
+                conflicts
+            )
         })
         .collect();
     let (statements, exec_ms) = statement_stats(&mut poller)?;
@@ -242,7 +248,7 @@ fn throughput(args: &Args, server: &Server, workload: &str, schema: &str, sql: &
     let usage: Vec<Usage> = instances.iter_mut().map(|i| procs::stop(&mut i.child, Duration::from_secs(30))).collect();
     let mut note = if workload == "saturation" { cap_check(&mut poller)? } else { String::new() };
     if n > 1 {
-        note = format!("{note}{}booked/wasted/conflicts per instance {}{}", if note.is_empty() { "" } else { "; " }, shares.join(", "), if joined { "" } else { " (pools not split before the start)" });
+        note = format!("{note}{}booked/wasted/wasted by others/frames lost per instance {}{}", if note.is_empty() { "" } else { "; " }, shares.join(", "), if joined { "" } else { " (pools not split before the start)" });
     }
     Ok(Row {
         workload: workload.into(),

@@ -52,6 +52,8 @@ pub struct Metrics {
     pub owned_units: IntGauge,
     pub ownership_changes_total: IntCounterVec,
     pub fenced_total: IntCounter,
+    pub frames_lost_elsewhere_total: IntCounter,
+    pub attempts_wasted_by_others_total: IntCounter,
 }
 
 // Start-up only, with constant names, help texts and labels: an error here is a programming
@@ -157,6 +159,8 @@ impl Metrics {
             owned_units: gauge(&r, "scheduler_owned_units", "Host pools (allocations) this instance owns and serves (addition)"),
             ownership_changes_total: counter_vec(&r, "scheduler_ownership_changes_total", "Units this instance took or gave up, by why: joined, left (owner gone), fenced (owner frozen), rebalanced (addition)", &["reason"]),
             fenced_total: counter(&r, "scheduler_fenced_total", "Frozen peers whose sessions this instance terminated (addition)"),
+            frames_lost_elsewhere_total: counter(&r, "scheduler_frames_lost_elsewhere_total", "Frames planned here but booked first by another booker (another instance, or Cuebot) (addition)"),
+            attempts_wasted_by_others_total: counter(&r, "scheduler_attempts_wasted_by_others_total", "Host attempts that booked nothing because another booker took their frames (addition)"),
             registry: r,
         }
     }

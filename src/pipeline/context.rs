@@ -59,6 +59,9 @@ pub struct Context {
     /// What this instance owns and serves now (`pipeline::ownership`).
     serving: RwLock<Arc<Serving>>,
     ownership_status: Mutex<StatusView>,
+    /// Frames this instance booked lately (bounded, oldest forgotten first), to tell a frame
+    /// lost to our own other pass from one lost to another booker.
+    recent_booked: Mutex<(HashSet<String>, std::collections::VecDeque<String>)>,
     /// Pipeline threads: name -> last sign of progress. A thread that dies is recorded in
     /// `dead_thread`, and the process stops (exit code 70) so its supervisor restarts it.
     heartbeats: Mutex<std::collections::HashMap<String, Instant>>,
@@ -101,6 +104,7 @@ impl Context {
             clusters_generation: AtomicU64::new(0),
             serving: RwLock::new(Arc::new(Serving::nothing())),
             ownership_status: Mutex::new(StatusView::default()),
+            recent_booked: Mutex::new((HashSet::new(), std::collections::VecDeque::new())),
             heartbeats: Mutex::new(std::collections::HashMap::new()),
             dead_thread: Mutex::new(None),
         }
@@ -239,6 +243,26 @@ impl Context {
         if changed {
             self.wake_all();
         }
+    }
+
+    /// Remembers frames this instance just booked (`limits::RECENT_BOOKED_FRAMES_MAX`).
+    pub fn note_booked<'a>(&self, ids: impl Iterator<Item = &'a str>) {
+        let mut guard = self.recent_booked.lock();
+        let (set, order) = &mut *guard;
+        for id in ids {
+            if set.insert(id.to_string()) {
+                order.push_back(id.to_string());
+            }
+        }
+        while order.len() > limits::RECENT_BOOKED_FRAMES_MAX {
+            if let Some(old) = order.pop_front() {
+                set.remove(&old);
+            }
+        }
+    }
+
+    pub fn booked_here(&self, id: &str) -> bool {
+        self.recent_booked.lock().0.contains(id)
     }
 
     pub fn set_ownership_status(&self, status: StatusView) {

@@ -19,6 +19,7 @@ pub(super) fn book_planned(ctx: &Context, pass: &Pass, plans: &mut [JobPlan], la
     let all: Vec<&JobPlan> = plans.iter().filter(|p| !p.assignments.is_empty()).collect();
     if all.len() > 1 {
         if let Ok(BatchOutcome::Booked { frames, hosts, db_time }) = ctx.with_booker(|b| b.book_batch(&batch(&all))) {
+            ctx.note_booked(frames.iter().map(|f| f.frame_id.as_str()));
             for plan in plans.iter_mut() {
                 result.frames_booked += apply_batch(ctx, pass, plan, &frames, &hosts, db_time, launches);
             }
@@ -29,6 +30,7 @@ pub(super) fn book_planned(ctx: &Context, pass: &Pass, plans: &mut [JobPlan], la
     for plan in plans.iter_mut().filter(|p| !p.assignments.is_empty()) {
         match ctx.with_booker(|b| b.book_batch(&batch(&[&*plan]))) {
             Ok(BatchOutcome::Booked { frames, hosts, db_time }) => {
+                ctx.note_booked(frames.iter().map(|f| f.frame_id.as_str()));
                 result.frames_booked += apply_batch(ctx, pass, plan, &frames, &hosts, db_time, launches);
             }
             Ok(BatchOutcome::Conflict) | Err(_) => {
@@ -64,6 +66,8 @@ pub(super) fn apply_batch(
         if lost > 0 {
             // Taken by another booker meanwhile (SKIP LOCKED or no longer WAITING): dropped.
             ctx.metrics.booking_conflicts_total.with_label_values(&["frame_taken"]).inc_by(lost as u64);
+            let lost_ids = assignment.planned.iter().filter(|p| !mine.iter().any(|b| b.frame_id == p.frame_id)).map(|p| p.frame_id.as_str());
+            count_lost_elsewhere(ctx, lost_ids, mine.is_empty());
             state.lost_frames = true;
             state.frames.retain(|(f, _)| !assignment.planned.iter().any(|p| p.frame_id == f.id) || mine.iter().any(|b| b.frame_id == f.id));
         }
@@ -170,6 +174,19 @@ pub(super) fn launch_booked(
     launched
 }
 
+/// Frames lost to a booker other than this instance (another instance, or Cuebot): those this
+/// instance did not book itself lately. A host attempt that booked nothing and lost a frame that
+/// way is a wasted attempt another booker caused.
+fn count_lost_elsewhere<'a>(ctx: &Context, lost: impl Iterator<Item = &'a str>, attempt_wasted: bool) {
+    let elsewhere = lost.filter(|id| !ctx.booked_here(id)).count() as u64;
+    if elsewhere > 0 {
+        ctx.metrics.frames_lost_elsewhere_total.inc_by(elsewhere);
+        if attempt_wasted {
+            ctx.metrics.attempts_wasted_by_others_total.inc();
+        }
+    }
+}
+
 pub(super) struct HostStep {
     pub(super) booked: u64,
     pub(super) outcome_label: &'static str,
@@ -232,11 +249,14 @@ pub(super) fn book_on_host(
     let conflict = |reason: &str| ctx.metrics.booking_conflicts_total.with_label_values(&[reason]).inc();
     match result {
         Ok(BookOutcome::Booked { frames: booked, idle, db_time }) => {
+            ctx.note_booked(booked.iter().map(|b| b.frame_id.as_str()));
             ctx.cache.checkin(&host.id, idle, db_time);
             let lost = planned_ids.len() - booked.len();
             if lost > 0 {
                 ctx.metrics.booking_conflicts_total.with_label_values(&["frame_taken"]).inc_by(lost as u64);
                 step.lost_frames = true;
+                let lost_ids = planned_ids.iter().filter(|id| !booked.iter().any(|b| b.frame_id == **id)).map(String::as_str);
+                count_lost_elsewhere(ctx, lost_ids, booked.is_empty());
             }
             launch_booked(ctx, pass, work, host, &booked, frames, job_booked_units, launches);
             // Frames planned but not started were taken by another booker: drop them.
@@ -248,6 +268,7 @@ pub(super) fn book_on_host(
             ctx.cache.invalidate(&host.id);
             conflict("frame_taken");
             step.lost_frames = true;
+            count_lost_elsewhere(ctx, planned_ids.iter().map(String::as_str), true);
             frames.retain(|(f, _)| !planned_ids.contains(&f.id));
             if work.layer.has_limits {
                 step.stop_layer = true;
