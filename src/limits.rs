@@ -249,6 +249,13 @@ pub const OWNERSHIP_REBALANCE_MOVES_MAX: usize = 8;
 /// A unit that came by a rebalance is not moved again by rebalancing for this long.
 pub const OWNERSHIP_HOLD_MIN_MS: u64 = 3_000;
 
+/// A layer of a job in another instance's slot, which that instance can serve, is left to it
+/// for this long after this instance first saw it; then any instance with room takes it.
+pub const STEAL_AFTER_MS: u64 = 2_000;
+
+/// Layers remembered as left to another instance (older entries are dropped past it).
+pub const LEFT_ALONE_LAYERS_MAX: usize = 20_000;
+
 /// Frames remembered as booked by this instance, to tell which booker took a frame a pass lost
 /// (about 3 MB at most).
 pub const RECENT_BOOKED_FRAMES_MAX: usize = 50_000;

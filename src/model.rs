@@ -147,6 +147,9 @@ pub struct Job {
     pub gpus_in_use: i64,
     pub max_gpus: i64,
     pub env: Vec<(String, String)>,
+    /// The job's slot among the live instances when it was read (`pipeline::ownership`); 0
+    /// for a lone instance.
+    pub slot: i64,
 }
 
 #[derive(Clone, Debug)]

@@ -59,8 +59,8 @@ pub fn pass_sql(managed_mode: bool) -> String {
                   jr.int_priority::bigint AS priority,
                   jr.int_cores::bigint AS cores, jr.int_max_cores::bigint AS max_cores,
                   jr.int_gpus::bigint AS gpus, jr.int_max_gpus::bigint AS max_gpus, j.ts_started,
-                  slot.other_slot,
-                  CASE WHEN slot.other_slot THEN -extract(epoch FROM j.ts_started) ELSE extract(epoch FROM j.ts_started) END AS queue_order
+                  slot.n AS job_slot, slot.n <> $9::bigint AS other_slot,
+                  CASE WHEN slot.n <> $9::bigint THEN -extract(epoch FROM j.ts_started) ELSE extract(epoch FROM j.ts_started) END AS queue_order
            FROM job j
            JOIN job_stat js ON js.pk_job = j.pk_job
            JOIN job_resource jr ON jr.pk_job = j.pk_job
@@ -69,7 +69,7 @@ pub fn pass_sql(managed_mode: bool) -> String {
            -- Instances sharing a farm ($8 of them, this one rank $9) prefer different jobs
            -- within a priority: a job's slot, rotating on the database clock.
            CROSS JOIN LATERAL (SELECT mod(hashtext(j.pk_job::text)::bigint + 2147483648
-                                          + extract(epoch FROM now())::bigint / {rotate}, $8::bigint) <> $9::bigint AS other_slot) slot
+                                          + extract(epoch FROM now())::bigint / {rotate}, $8::bigint) AS n) slot
            WHERE j.pk_show = $1 AND j.pk_facility = $2 AND j.str_state = 'PENDING'
              AND NOT j.b_paused AND j.b_auto_book AND js.int_waiting_count > 0
              AND (fr.int_max_cores < 0 OR fr.int_cores < fr.int_max_cores)
@@ -109,7 +109,8 @@ pub fn pass_sql(managed_mode: bool) -> String {
                 ARRAY(SELECT COALESCE(e.str_value, '')::text FROM layer_env e WHERE e.pk_layer = l.pk_layer AND e.str_key IS NOT NULL ORDER BY e.pk_layer_env),
                 fr.ids, fr.names, fr.versions, fr.orders, fr.ages,
                 (SELECT (s.int_burst - s.int_cores)::bigint FROM subscription s
-                 WHERE s.pk_show = $1 AND s.pk_alloc = $4) AS alloc_headroom
+                 WHERE s.pk_show = $1 AND s.pk_alloc = $4) AS alloc_headroom,
+                jobs.job_slot
          FROM jobs
          JOIN layer l ON l.pk_job = jobs.pk_job
          JOIN layer_stat ls ON ls.pk_layer = l.pk_layer
@@ -208,6 +209,7 @@ fn read_job(row: &Row, id: String, show_id: &str) -> Result<Job, DbError> {
         gpus_in_use: col(row, 14, CTX)?,
         max_gpus: col(row, 15, CTX)?,
         env: env_pairs(col(row, 16, CTX)?, col(row, 17, CTX)?),
+        slot: col(row, 41, CTX)?,
         show_id: show_id.to_string(),
     })
 }

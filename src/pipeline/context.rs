@@ -62,6 +62,8 @@ pub struct Context {
     /// Frames this instance booked lately (bounded, oldest forgotten first), to tell a frame
     /// lost to our own other pass from one lost to another booker.
     recent_booked: Mutex<(HashSet<String>, std::collections::VecDeque<String>)>,
+    /// Layers of other instances' slots this instance left alone, since when.
+    left_alone: Mutex<std::collections::HashMap<String, Instant>>,
     /// Pipeline threads: name -> last sign of progress. A thread that dies is recorded in
     /// `dead_thread`, and the process stops (exit code 70) so its supervisor restarts it.
     heartbeats: Mutex<std::collections::HashMap<String, Instant>>,
@@ -105,6 +107,7 @@ impl Context {
             serving: RwLock::new(Arc::new(Serving::nothing())),
             ownership_status: Mutex::new(StatusView::default()),
             recent_booked: Mutex::new((HashSet::new(), std::collections::VecDeque::new())),
+            left_alone: Mutex::new(std::collections::HashMap::new()),
             heartbeats: Mutex::new(std::collections::HashMap::new()),
             dead_thread: Mutex::new(None),
         }
@@ -259,6 +262,23 @@ impl Context {
                 set.remove(&old);
             }
         }
+    }
+
+    /// Whether to leave another slot's layer to its instance now: yes for the first
+    /// `limits::STEAL_AFTER_MS` after this instance first left it alone, then no (that
+    /// instance may have no room for it).
+    pub fn leave_to_owner(&self, layer_id: &str) -> bool {
+        let now = Instant::now();
+        let window = std::time::Duration::from_millis(limits::STEAL_AFTER_MS);
+        let mut map = self.left_alone.lock();
+        if map.len() >= limits::LEFT_ALONE_LAYERS_MAX {
+            map.retain(|_, since| now.duration_since(*since) < window * 10);
+            if map.len() >= limits::LEFT_ALONE_LAYERS_MAX {
+                map.clear();
+            }
+        }
+        let since = *map.entry(layer_id.to_string()).or_insert(now);
+        now.duration_since(since) < window
     }
 
     pub fn booked_here(&self, id: &str) -> bool {

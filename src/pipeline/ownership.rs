@@ -197,6 +197,8 @@ pub struct Serving {
     pub me: String,
     /// Live instances, sorted.
     pub live: Vec<String>,
+    /// Allocation -> its live owner, as of the last tick.
+    pub alloc_owners: HashMap<String, String>,
 }
 
 impl Serving {
@@ -208,6 +210,7 @@ impl Serving {
             generation: 0,
             me: String::new(),
             live: Vec::new(),
+            alloc_owners: HashMap::new(),
         }
     }
 
@@ -226,6 +229,20 @@ impl Serving {
             Some(rank) => (self.live.len() as i64, rank as i64),
             None => (1, 0),
         }
+    }
+
+    /// Whether a layer of another slot's job is better left to that slot's instance, because it
+    /// serves one of the layer's tags on hosts of its own: taking it here would race it for the
+    /// same frames. What only this instance can serve is taken whatever the slot.
+    pub fn left_to_slot_owner(&self, slot: i64, layer_tags: &[String]) -> bool {
+        let (instances, rank) = self.share();
+        if instances <= 1 || slot == rank {
+            return false;
+        }
+        let Some(owner) = usize::try_from(slot).ok().and_then(|s| self.live.get(s)) else { return false };
+        layer_tags.iter().any(|tag| {
+            self.tag_allocs.get(tag).is_some_and(|allocs| allocs.iter().any(|a| self.alloc_owners.get(a) == Some(owner)))
+        })
     }
 
     /// Whether this instance serves the cluster now: its allocation is owned, or (tag
@@ -431,8 +448,9 @@ pub struct Ownership {
     member: bool,
     candidate_of: HashSet<u32>,
     owned: HashMap<u32, Instant>,
-    /// Live instances (sorted), from the last tick.
+    /// Live instances (sorted), and each allocation's live owner, from the last tick.
     live: Vec<String>,
+    alloc_owners: HashMap<String, String>,
     /// Units that came by a rebalance, and when (`OWNERSHIP_HOLD_MIN_MS`).
     moved_in: HashMap<u32, Instant>,
     units: Vec<Unit>,
@@ -458,6 +476,7 @@ impl Ownership {
             owned: HashMap::new(),
             moved_in: HashMap::new(),
             live: Vec::new(),
+            alloc_owners: HashMap::new(),
             units: Vec::new(),
             tag_allocs: HashMap::new(),
             units_read: None,
@@ -493,6 +512,7 @@ impl Ownership {
                 self.candidate_of.clear();
                 self.owned.clear();
                 self.live.clear();
+                self.alloc_owners.clear();
                 self.publish(ctx, Instant::now());
             }
         }
@@ -611,6 +631,14 @@ impl Ownership {
         let mut sorted = live.clone();
         sorted.sort();
         self.live = sorted;
+        self.alloc_owners = self
+            .units
+            .iter()
+            .filter_map(|u| {
+                let owner = if self.owned.contains_key(&u.key) { Some(id.clone()) } else { owners.get(&u.key).filter(|o| live.contains(o)).cloned() };
+                owner.map(|o| (u.alloc_id.clone(), o))
+            })
+            .collect();
         ctx.metrics.instances_live.set(live.len() as i64);
         ctx.metrics.owned_units.set(self.owned.len() as i64);
         self.publish(ctx, started);
@@ -726,6 +754,7 @@ impl Ownership {
             generation: self.generation,
             me: self.id.clone(),
             live: self.live.clone(),
+            alloc_owners: self.alloc_owners.clone(),
         };
         ctx.set_serving(serving);
     }
@@ -854,6 +883,28 @@ mod tests {
         let target = assign(&units, &ids(&["b"]), &cands, &owners);
         assert_eq!(target.owner.get(&1), None);
         assert_eq!(target.owner[&2], "b");
+    }
+
+    #[test]
+    fn another_slots_layer_is_left_to_its_instance_only_where_that_instance_serves_it() {
+        let set = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<HashSet<String>>();
+        let serving = Serving {
+            allocs: set(&["A0"]),
+            tag_allocs: [("fx".to_string(), set(&["A0", "A1"])), ("alloc0".to_string(), set(&["A0"]))].into_iter().collect(),
+            valid_until: Instant::now() + Duration::from_secs(5),
+            generation: 1,
+            me: "a".into(),
+            live: vec!["a".into(), "b".into()],
+            alloc_owners: [("A0".to_string(), "a".to_string()), ("A1".to_string(), "b".to_string())].into_iter().collect(),
+        };
+        let tags = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+        assert_eq!(serving.share(), (2, 0));
+        assert!(serving.left_to_slot_owner(1, &tags(&["fx"])), "b serves fx on A1's hosts");
+        assert!(!serving.left_to_slot_owner(1, &tags(&["alloc0"])), "only a serves alloc0: a takes it");
+        assert!(!serving.left_to_slot_owner(0, &tags(&["fx"])), "a's own slot");
+        assert!(!serving.left_to_slot_owner(7, &tags(&["fx"])), "a slot out of range is nobody's");
+        let alone = Serving { live: vec!["a".into()], ..serving };
+        assert!(!alone.left_to_slot_owner(1, &tags(&["fx"])), "a lone instance takes everything");
     }
 
     #[test]

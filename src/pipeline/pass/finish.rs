@@ -14,7 +14,7 @@ pub(super) fn finish_job(ctx: &Context, pass: &Pass, plan: &mut JobPlan, launche
         result = result + outcome.result;
         plan.stop_job = outcome.stop_job;
     }
-    result.contended = plan.states.iter().any(|s| (s.saw_reserved && !s.frames.is_empty()) || s.lost_frames);
+    result.contended = plan.deferred || plan.states.iter().any(|s| (s.saw_reserved && !s.frames.is_empty()) || s.lost_frames);
     let tried = plan.states.iter().any(|s| s.attempts > 0);
     if tried && result.frames_booked == 0 && plan.states.iter().all(|s| !s.matched && !s.saw_reserved) {
         debug!("job {}: no host of cluster {} fits any layer; backing it off", plan.job.name, pass.cluster);

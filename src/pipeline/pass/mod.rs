@@ -123,6 +123,9 @@ pub(super) struct JobPlan<'a> {
     assignments: Vec<Assignment>,
     booked_units: i64,
     stop_job: bool,
+    /// Layers were left to the instance whose slot the job is in (the pass should look again
+    /// soon rather than sleep).
+    deferred: bool,
 }
 
 /// Back-off is per (cluster, job): another cluster's hosts may fit the same job.

@@ -16,7 +16,15 @@ pub(super) fn plan_job<'a>(ctx: &Context, pass: &Pass, layers: &'a [LayerWork], 
     // §3.3 job cap: a running sum over all candidate frames, before the per-layer cut.
     let mut budget_sum = job.cores_in_use;
     let mut states = Vec::with_capacity(ordered.len());
+    let mut deferred = false;
     for work in ordered {
+        // Another slot's layer that its instance can serve is left to it for a moment; after
+        // `STEAL_AFTER_MS` of waiting anyone with room takes it (that instance may have none).
+        if ctx.serving().left_to_slot_owner(job.slot, &work.layer.tags) && ctx.leave_to_owner(&work.layer.id) {
+            debug!("layer {} of job {}: left to the instance whose slot the job is in", work.layer.name, job.name);
+            deferred = true;
+            continue;
+        }
         let unit = min_frame_units(work);
         let mut frames: Vec<Frame> = Vec::new();
         for frame in &work.frames {
@@ -30,7 +38,7 @@ pub(super) fn plan_job<'a>(ctx: &Context, pass: &Pass, layers: &'a [LayerWork], 
             states.push(state);
         }
     }
-    let mut plan = JobPlan { job, states, assignments: Vec::new(), booked_units: 0, stop_job: false };
+    let mut plan = JobPlan { job, states, assignments: Vec::new(), booked_units: 0, stop_job: false, deferred };
     if plan.states.iter().all(|s| !s.work.layer.has_limits) && !ctx.stopping() {
         plan_hosts(ctx, &mut plan, budget);
     }
