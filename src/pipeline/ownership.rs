@@ -5,8 +5,10 @@
 //! draws on its own allocation only and is served by that unit's owner. A manual, hostname or
 //! hardware cluster may draw on hosts of several allocations; the rule is that *every* owner
 //! of one of those allocations serves the cluster, each on the hosts of its own units (the
-//! host cache holds owned hosts only), and the per-pass cluster lease (`feed::lease_key`)
-//! keeps those owners taking turns on the cluster's frames.
+//! host cache holds owned hosts only). So that they do not race for the same frames, each job
+//! falls in one instance's slot (`Serving::share`, the pass query's `job_slot`): a pass takes
+//! its own slot's jobs first, and leaves another slot's layer to that slot's instance for a
+//! moment where that instance serves one of its tags (`Serving::left_to_slot_owner`).
 //!
 //! **Locks.** Each instance holds, on one dedicated non-pooled connection, session advisory
 //! locks in the two-key form: `(MEMBER_NS, member key)` exclusive, for membership;
