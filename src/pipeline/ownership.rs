@@ -748,6 +748,13 @@ impl Ownership {
         if previous.allocs != allocs {
             self.generation += 1;
         }
+        if self.member && !previous.allocs.is_empty() && previous.valid_until < proven_at {
+            warn!(
+                "ownership: no tick proved this instance alive for {:.1} s (over the {} ms lease); bookings were paused meanwhile",
+                proven_at.saturating_duration_since(previous.valid_until).as_secs_f64() + limits::OWNERSHIP_LEASE_MS as f64 / 1000.0,
+                limits::OWNERSHIP_LEASE_MS
+            );
+        }
         let valid_until = if self.member { proven_at + Duration::from_millis(limits::OWNERSHIP_LEASE_MS) } else { Instant::now() };
         let serving = Serving {
             allocs,

@@ -14,9 +14,12 @@ pub(super) fn finish_job(ctx: &Context, pass: &Pass, plan: &mut JobPlan, launche
         result = result + outcome.result;
         plan.stop_job = outcome.stop_job;
     }
-    result.contended = plan.deferred || plan.states.iter().any(|s| (s.saw_reserved && !s.frames.is_empty()) || s.lost_frames);
+    // Ownership not proven lately (the host cache refused every checkout): nothing was learnt
+    // about the job, so it is not backed off, and the cluster looks again soon.
+    let lapsed = !ctx.serving().is_valid();
+    result.contended = lapsed || plan.deferred || plan.states.iter().any(|s| (s.saw_reserved && !s.frames.is_empty()) || s.lost_frames);
     let tried = plan.states.iter().any(|s| s.attempts > 0);
-    if tried && result.frames_booked == 0 && plan.states.iter().all(|s| !s.matched && !s.saw_reserved) {
+    if !lapsed && tried && result.frames_booked == 0 && plan.states.iter().all(|s| !s.matched && !s.saw_reserved) {
         debug!("job {}: no host of cluster {} fits any layer; backing it off", plan.job.name, pass.cluster);
         ctx.back_off_job(&backoff_key(pass, &plan.job));
     }
