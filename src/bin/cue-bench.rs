@@ -231,12 +231,13 @@ fn throughput(args: &Args, server: &Server, workload: &str, schema: &str, sql: &
         .iter()
         .map(|page| {
             let conflicts = procs::metric_sum(page, "scheduler_booking_conflicts_total", None);
+            // `+ 0.0` turns the -0.0 an empty sum starts from into 0.
             format!(
                 "{:.0}/{:.0}/{:.0}/{:.0}",
-                procs::metric_sum(page, "scheduler_frames_dispatched_total", None),
-                wasted_of(page),
-                procs::metric_sum(page, "scheduler_attempts_wasted_by_others_total", None),
-                conflicts
+                procs::metric_sum(page, "scheduler_frames_dispatched_total", None) + 0.0,
+                wasted_of(page) + 0.0,
+                procs::metric_sum(page, "scheduler_attempts_wasted_by_others_total", None) + 0.0,
+                conflicts + 0.0
             )
         })
         .collect();
