@@ -88,6 +88,7 @@ pub(super) fn book_each_host(ctx: &Context, pass: &Pass, plan: &mut JobPlan, lau
         }
         let state = &mut plan.states[assignment.layer];
         let step = book_on_host(ctx, pass, state.work, &assignment.host, &mut state.frames, &mut plan.booked_units, launches);
+        state.lost_frames |= step.lost_frames;
         ctx.metrics.checkout_outcome_total.with_label_values(&[step.outcome_label]).inc();
         result.frames_booked += step.booked;
         result.subscription_full |= step.subscription_full && pass.cluster.kind == ClusterKind::Alloc;
