@@ -193,8 +193,6 @@ pub struct Serving {
     pub tag_allocs: HashMap<String, HashSet<String>>,
     /// Trust ends here unless a tick renews it.
     pub valid_until: Instant,
-    /// Bumped whenever `allocs` changes.
-    pub generation: u64,
     /// This instance, and the live owner of every owned allocation (as of the last tick).
     pub me: String,
     /// Live instances, sorted.
@@ -209,7 +207,6 @@ impl Serving {
             allocs: HashSet::new(),
             tag_allocs: HashMap::new(),
             valid_until: Instant::now(),
-            generation: 0,
             me: String::new(),
             live: Vec::new(),
             alloc_owners: HashMap::new(),
@@ -462,7 +459,6 @@ pub struct Ownership {
     /// Last owner seen per unit (instance id), to name why a unit came to us.
     last_owner: HashMap<u32, String>,
     fenced: HashSet<String>,
-    generation: u64,
     ever_joined: bool,
 }
 
@@ -485,7 +481,6 @@ impl Ownership {
             clusters_seen: u64::MAX,
             last_owner: HashMap::new(),
             fenced: HashSet::new(),
-            generation: 0,
             ever_joined: false,
         }
     }
@@ -538,7 +533,8 @@ impl Ownership {
         let row = self.client()?.query_one(sql.as_str(), &[&ns, &(key as i32)]).map_err(DbError::query("ownership lock"))?;
         match row.try_get::<_, bool>(0) {
             Ok(b) => Ok(b),
-            // pg_advisory_unlock_shared etc. return bool; anything else is void (true).
+            // The try and unlock functions return bool; pg_advisory_lock_shared returns void
+            // (it waits until granted, so it always succeeds).
             Err(_) => Ok(true),
         }
     }
@@ -745,9 +741,6 @@ impl Ownership {
         let allocs: HashSet<String> =
             self.units.iter().filter(|u| self.owned.contains_key(&u.key)).map(|u| u.alloc_id.clone()).collect();
         let previous = ctx.serving();
-        if previous.allocs != allocs {
-            self.generation += 1;
-        }
         if self.member && !previous.allocs.is_empty() && previous.valid_until < proven_at {
             warn!(
                 "ownership: no tick proved this instance alive for {:.1} s (over the {} ms lease); bookings were paused meanwhile",
@@ -760,7 +753,6 @@ impl Ownership {
             allocs,
             tag_allocs: self.tag_allocs.clone(),
             valid_until,
-            generation: self.generation,
             me: self.id.clone(),
             live: self.live.clone(),
             alloc_owners: self.alloc_owners.clone(),
@@ -901,7 +893,6 @@ mod tests {
             allocs: set(&["A0"]),
             tag_allocs: [("fx".to_string(), set(&["A0", "A1"])), ("alloc0".to_string(), set(&["A0"]))].into_iter().collect(),
             valid_until: Instant::now() + Duration::from_secs(5),
-            generation: 1,
             me: "a".into(),
             live: vec!["a".into(), "b".into()],
             alloc_owners: [("A0".to_string(), "a".to_string()), ("A1".to_string(), "b".to_string())].into_iter().collect(),
