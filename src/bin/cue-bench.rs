@@ -122,6 +122,30 @@ fn run(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// Upstream's stress farm shape (4 layers × 5 frames per job, 8 manual tags), shrunk.
+fn drain_shape(hosts: usize, jobs: usize, shrink: usize) -> DrainShape {
+    DrainShape {
+        hosts: (hosts / shrink).max(8),
+        jobs: (jobs / shrink).max(2),
+        layers_per_job: 4,
+        frames_per_layer: 5,
+        manual_tags: 8,
+        host_name: workloads::plain_host_name,
+    }
+}
+
+/// Polls `done` every `poll` until it holds or `timeout` passes; returns whether it held.
+fn wait_until(timeout: Duration, poll: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(poll);
+    }
+    done()
+}
+
 fn instance_counts(args: &Args) -> Result<Vec<usize>, String> {
     args.instances
         .split(',')
@@ -190,15 +214,7 @@ fn throughput(args: &Args, server: &Server, workload: &str, schema: &str, sql: &
     let eligible = match workload {
         "drain" | "scale" => {
             let (hosts, jobs) = if workload == "drain" { (1200, 300) } else { (10_000, 5_000) };
-            let shape = DrainShape {
-                hosts: (hosts / shrink).max(8),
-                jobs: (jobs / shrink).max(2),
-                layers_per_job: 4,
-                frames_per_layer: 5,
-                manual_tags: 8,
-                host_name: workloads::plain_host_name,
-            };
-            workloads::seed_drain(&mut farm, &shape, 42)?
+            workloads::seed_drain(&mut farm, &drain_shape(hosts, jobs, shrink), 42)?
         }
         "saturation" => workloads::seed_saturation(&mut farm, (400 / shrink).max(8), (150 / shrink).max(4), 7)?,
         other => return Err(format!("unknown workload `{other}`")),
@@ -460,15 +476,7 @@ fn accounting(args: &Args, server: &Server, schema: &str, sql: &str) -> Result<V
     let mut out = Vec::new();
     let db = format!("bench_accounting_{schema}");
     let mut farm = prepare(server, &db, sql)?;
-    let shrink = args.shrink.max(1);
-    let shape = DrainShape {
-        hosts: (10_000 / shrink).max(8),
-        jobs: (5_000 / shrink).max(2),
-        layers_per_job: 4,
-        frames_per_layer: 5,
-        manual_tags: 8,
-        host_name: workloads::plain_host_name,
-    };
+    let shape = drain_shape(10_000, 5_000, args.shrink.max(1));
     let eligible = workloads::seed_drain(&mut farm, &shape, 42)?;
     settle_and_reset(&mut farm.client)?;
     // Book the whole farm with one instance (dry run: procs, no RQD).

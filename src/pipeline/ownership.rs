@@ -33,6 +33,7 @@
 //! lock what it gives it; a lock still held by the previous owner is taken on a later tick.
 
 use crate::db::{self, DbError, DbSettings};
+use crate::explain::json_string;
 use crate::limits::{self, OWNERSHIP_CANDIDATE_NS, OWNERSHIP_MEMBER_NS, OWNERSHIP_UNIT_NS};
 use crate::model::{Cluster, ClusterKind};
 use crate::pipeline::context::Context;
@@ -288,7 +289,7 @@ impl StatusView {
         fn units(list: &[UnitStatus]) -> String {
             let items: Vec<String> = list
                 .iter()
-                .map(|u| format!("{{\"name\":{},\"alloc_id\":{},\"load_cores\":{}}}", json_str(&u.name), json_str(&u.alloc_id), u.load / 100))
+                .map(|u| format!("{{\"name\":{},\"alloc_id\":{},\"load_cores\":{}}}", json_string(&u.name), json_string(&u.alloc_id), u.load / 100))
                 .collect();
             format!("[{}]", items.join(","))
         }
@@ -297,11 +298,14 @@ impl StatusView {
             .instances
             .iter()
             .filter(|i| i.id != self.instance)
-            .map(|i| format!("{{\"id\":{},\"heartbeat_age_secs\":{:.1},\"units\":{}}}", json_str(&i.id), i.heartbeat_age_secs, units(&i.units)))
+            .map(|i| {
+                let age = if i.heartbeat_age_secs.is_finite() { i.heartbeat_age_secs } else { 0.0 };
+                format!("{{\"id\":{},\"heartbeat_age_secs\":{age:.1},\"units\":{}}}", json_string(&i.id), units(&i.units))
+            })
             .collect();
         format!(
             "{{\"instance\":{},\"live_instances\":{},\"units\":{},\"peers\":[{}],\"unowned\":{}}}\n",
-            json_str(&self.instance),
+            json_string(&self.instance),
             self.instances.len(),
             units(me.map_or(&[][..], |m| &m.units)),
             peers.join(","),
@@ -328,21 +332,6 @@ impl StatusView {
         }
         out
     }
-}
-
-fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 const LOCKS_SQL: &str = "
@@ -446,7 +435,7 @@ pub struct Ownership {
     client: Option<Client>,
     member: bool,
     candidate_of: HashSet<u32>,
-    owned: HashMap<u32, Instant>,
+    owned: HashSet<u32>,
     /// Live instances (sorted), and each allocation's live owner, from the last tick.
     live: Vec<String>,
     alloc_owners: HashMap<String, String>,
@@ -471,7 +460,7 @@ impl Ownership {
             client: None,
             member: false,
             candidate_of: HashSet::new(),
-            owned: HashMap::new(),
+            owned: HashSet::new(),
             moved_in: HashMap::new(),
             live: Vec::new(),
             alloc_owners: HashMap::new(),
@@ -585,7 +574,7 @@ impl Ownership {
         let target = assign(&self.units, &live, &candidates, &owners);
         let now = Instant::now();
         // Release what the target gives away (a rebalance, or candidacy dropped).
-        let held: Vec<u32> = self.owned.keys().copied().collect();
+        let held: Vec<u32> = self.owned.iter().copied().collect();
         for key in held {
             if target.owner.get(&key) == Some(&id) {
                 continue;
@@ -601,7 +590,7 @@ impl Ownership {
             info!("ownership: gave up {} ({})", self.unit_name(key), if target.moved.contains(&key) { "rebalanced" } else { "no longer a candidate" });
         }
         for (key, owner) in &target.owner {
-            if *owner != id || self.owned.contains_key(key) {
+            if *owner != id || self.owned.contains(key) {
                 continue;
             }
             if self.lock("pg_try_advisory_lock", OWNERSHIP_UNIT_NS, *key)? {
@@ -614,7 +603,7 @@ impl Ownership {
                 };
                 ctx.metrics.ownership_changes_total.with_label_values(&[reason]).inc();
                 info!("ownership: took {} ({reason})", self.unit_name(*key));
-                self.owned.insert(*key, now);
+                self.owned.insert(*key);
                 if reason == "rebalanced" {
                     self.moved_in.insert(*key, now);
                 }
@@ -623,7 +612,7 @@ impl Ownership {
         for (key, owner) in &owners {
             self.last_owner.insert(*key, owner.clone());
         }
-        for key in self.owned.keys() {
+        for key in &self.owned {
             self.last_owner.insert(*key, id.clone());
         }
         let mut sorted = live.clone();
@@ -633,7 +622,7 @@ impl Ownership {
             .units
             .iter()
             .filter_map(|u| {
-                let owner = if self.owned.contains_key(&u.key) { Some(id.clone()) } else { owners.get(&u.key).filter(|o| live.contains(o)).cloned() };
+                let owner = if self.owned.contains(&u.key) { Some(id.clone()) } else { owners.get(&u.key).filter(|o| live.contains(o)).cloned() };
                 owner.map(|o| (u.alloc_id.clone(), o))
             })
             .collect();
@@ -643,7 +632,7 @@ impl Ownership {
         // The status as it stands after this tick's moves.
         let mut after = view;
         after.owners.retain(|_, pid| *pid != my_pid);
-        for key in self.owned.keys() {
+        for key in &self.owned {
             after.owners.insert(*key, my_pid);
         }
         after.members.retain(|m| live.contains(&m.id));
@@ -739,7 +728,7 @@ impl Ownership {
 
     fn publish(&mut self, ctx: &Context, proven_at: Instant) {
         let allocs: HashSet<String> =
-            self.units.iter().filter(|u| self.owned.contains_key(&u.key)).map(|u| u.alloc_id.clone()).collect();
+            self.units.iter().filter(|u| self.owned.contains(&u.key)).map(|u| u.alloc_id.clone()).collect();
         let previous = ctx.serving();
         if self.member && !previous.allocs.is_empty() && previous.valid_until < proven_at {
             warn!(

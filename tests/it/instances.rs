@@ -40,6 +40,11 @@ impl Running {
     }
 }
 
+/// The pid in an instance id `host:pid[.n]` (0 if it has none).
+fn pid_of(id: &str) -> u32 {
+    id.rsplit(':').next().and_then(|p| p.split('.').next()).and_then(|p| p.parse().ok()).unwrap_or(0)
+}
+
 fn signal(pid: u32, signal: i32) {
     // SAFETY: kill(2) on a child of this test.
     unsafe {
@@ -104,7 +109,7 @@ impl Fleet {
         let status = self.status();
         let mut out = BTreeMap::new();
         for instance in &status.instances {
-            let pid = instance.id.rsplit(':').next().and_then(|p| p.split('.').next()).and_then(|p| p.parse().ok()).unwrap_or(0);
+            let pid = pid_of(&instance.id);
             for unit in &instance.units {
                 out.insert(unit.name.trim_start_matches("lax.").to_string(), pid);
             }
@@ -113,12 +118,7 @@ impl Fleet {
     }
 
     fn live_pids(&self) -> Vec<u32> {
-        let mut pids: Vec<u32> = self
-            .status()
-            .instances
-            .iter()
-            .filter_map(|i| i.id.rsplit(':').next().and_then(|p| p.split('.').next()).and_then(|p| p.parse().ok()))
-            .collect();
+        let mut pids: Vec<u32> = self.status().instances.iter().map(|i| pid_of(&i.id)).collect();
         pids.sort();
         pids
     }

@@ -332,15 +332,8 @@ pub fn invariants_sql() -> String {
     std::fs::read_to_string(shared).unwrap_or_else(|_| include_str!("../../../tests/sql/invariants.sql").to_string())
 }
 
-fn wait(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    done()
+fn wait(timeout: Duration, done: impl FnMut() -> bool) -> bool {
+    super::wait_until(timeout, Duration::from_millis(250), done)
 }
 
 fn restart_postgres(pgdata: &str) -> Result<(), String> {

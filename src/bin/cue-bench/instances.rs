@@ -1,11 +1,11 @@
 //! Several instances (issue 10): waiting for the pools to be split, and the `failover` workload
 //! (kill -9 mid-drain, a joiner, SIGSTOP and SIGCONT), with the invariants checked after.
 
-use super::{db_message, poll_running, prepare, settle_and_reset, start_instances, Args};
+use super::{db_message, drain_shape, poll_running, prepare, settle_and_reset, start_instances, wait_until, Args};
 use cue_scheduler::pipeline::ownership;
 use cue_scheduler::sim::farm::{Farm, LayerSpec, Server};
 use cue_scheduler::sim::procs;
-use cue_scheduler::sim::workloads::{self, DrainShape};
+use cue_scheduler::sim::workloads;
 use postgres::Client;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -20,15 +20,8 @@ pub fn wait_split(client: &mut Client, n: usize, timeout: Duration) -> bool {
     })
 }
 
-fn wait(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    done()
+fn wait(timeout: Duration, done: impl FnMut() -> bool) -> bool {
+    wait_until(timeout, Duration::from_millis(20), done)
 }
 
 /// Pid of an instance id `host:pid[.n]`.
@@ -73,15 +66,7 @@ fn probe(client: &mut Client, farm: &mut Farm, org: &workloads::Org, name: &str,
 pub fn failover(args: &Args, server: &Server, schema: &str, sql: &str) -> Result<Vec<String>, String> {
     let db = format!("bench_failover_{schema}");
     let mut farm = prepare(server, &db, sql)?;
-    let shrink = args.shrink.max(1);
-    let shape = DrainShape {
-        hosts: (1200 / shrink).max(8),
-        jobs: (300 / shrink).max(2),
-        layers_per_job: 4,
-        frames_per_layer: 5,
-        manual_tags: 8,
-        host_name: workloads::plain_host_name,
-    };
+    let shape = drain_shape(1200, 300, args.shrink.max(1));
     let eligible = workloads::seed_drain(&mut farm, &shape, 42)?;
     // The probe jobs need the organisation rows the drain made.
     let org = org_of(&mut farm.client)?;

@@ -17,10 +17,11 @@ pub(super) fn plan_job<'a>(ctx: &Context, pass: &Pass, layers: &'a [LayerWork], 
     let mut budget_sum = job.cores_in_use;
     let mut states = Vec::with_capacity(ordered.len());
     let mut deferred = false;
+    let serving = ctx.serving();
     for work in ordered {
         // Another slot's layer that its instance can serve is left to it for a moment; after
         // `STEAL_AFTER_MS` of waiting anyone with room takes it (that instance may have none).
-        if ctx.serving().left_to_slot_owner(job.slot, &work.layer.tags) && ctx.leave_to_owner(&work.layer.id) {
+        if serving.left_to_slot_owner(job.slot, &work.layer.tags) && ctx.leave_to_owner(&work.layer.id) {
             debug!("layer {} of job {}: left to the instance whose slot the job is in", work.layer.name, job.name);
             deferred = true;
             continue;
