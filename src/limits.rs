@@ -271,6 +271,27 @@ pub const JOB_SLOT_ROTATE_S: u64 = 10;
 /// checked out by another pass of ours, its frames taken) looks again after this long.
 pub const CONTENDED_RETRY_MS: u64 = 100;
 
+/// Scheduling policy `smart` (src/matching/policy.rs): a layer that found no host tries for a
+/// host hold at most this often.
+pub const RESERVATION_RETRY_MS: u64 = 2_000;
+
+/// A hold whose layer no pass has seen waiting for this long is dropped (its frame ran
+/// elsewhere, was killed or eaten, or its job was paused or finished).
+pub const RESERVATION_UNSEEN_MAX_MS: u64 = 30_000;
+
+/// Hosts weighed for one hold (the cache's fitting hosts, first found); their running frames
+/// are read in one query.
+pub const RESERVATION_CANDIDATES_MAX: usize = 64;
+
+/// A layer's runtime estimate (mean of its finished frames) is re-read after this long.
+pub const RUNTIME_ESTIMATE_MAX_AGE_MS: u64 = 10_000;
+
+/// Layers the policy remembers (estimates, hold attempts) before old entries are dropped.
+pub const POLICY_LAYERS_TRACKED_MAX: usize = 20_000;
+
+/// Subscriptions (size, booked cores) and pool sizes are re-read this often for fair share.
+pub const FAIR_SHARE_REFRESH_MS: u64 = 1_000;
+
 /// The largest configuration file read. The sample with every key and its comments is about
 /// 10 KiB; a bigger file is a mistake (or `/dev/zero`), refused instead of slurped.
 pub const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;

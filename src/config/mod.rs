@@ -278,7 +278,7 @@ pub struct HostCacheConfig {
     pub update_stat_on_book: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct SchedulerConfig {
     #[serde(default, deserialize_with = "de::opt_string")]
     pub facility: Option<String>,
@@ -288,6 +288,21 @@ pub struct SchedulerConfig {
     pub alloc_tags: Vec<AllocTag>,
     #[serde(deserialize_with = "de::string_list")]
     pub manual_tags: Vec<String>,
+    /// `legacy` (Cuebot's order) or `smart` (src/matching/policy.rs).
+    #[serde(deserialize_with = "de::trimmed")]
+    pub policy: String,
+    #[serde(deserialize_with = "de::duration")]
+    pub reservation_after: Duration,
+    #[serde(deserialize_with = "de::uint")]
+    pub reservations_max: usize,
+    #[serde(deserialize_with = "de::duration")]
+    pub runtime_estimate_default: Duration,
+    #[serde(deserialize_with = "de::duration")]
+    pub fair_share_window: Duration,
+    #[serde(deserialize_with = "de::float")]
+    pub fair_share_tolerance: f64,
+    #[serde(deserialize_with = "de::duration")]
+    pub aging_after: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -352,6 +367,7 @@ default_from_table!(
     EpvmWeights => "queue.host_booking_strategy.weights",
     HostCacheConfig => "host_cache",
     AccountingConfig => "accounting",
+    SchedulerConfig => "scheduler",
 );
 
 // ------------------------------------------------------------------------------------------------
@@ -575,6 +591,9 @@ impl Config {
         if self.scheduler.alloc_tags.iter().any(|t| t.show.trim().is_empty() || t.tag.trim().is_empty()) {
             return Err(bad("scheduler.alloc_tags", "show and tag must not be empty"));
         }
+        if crate::matching::policy::PolicyName::parse(&self.scheduler.policy).is_none() {
+            return Err(bad("scheduler.policy", &format!("must be `legacy` or `smart`, not `{}`", self.scheduler.policy)));
+        }
         let multiplier = self.queue.core_multiplier;
         for (key, m) in [
             ("database.core_multiplier", self.database.core_multiplier),
@@ -655,6 +674,12 @@ impl Config {
             ("accounting.limit_reseed_interval", D(a.limit_reseed_interval)),
             ("accounting.managed_shows_ttl", D(a.managed_shows_ttl)),
             ("accounting.coalesce_window", D(a.coalesce_window)),
+            ("scheduler.reservation_after", D(self.scheduler.reservation_after)),
+            ("scheduler.reservations_max", n(self.scheduler.reservations_max)),
+            ("scheduler.runtime_estimate_default", D(self.scheduler.runtime_estimate_default)),
+            ("scheduler.fair_share_window", D(self.scheduler.fair_share_window)),
+            ("scheduler.fair_share_tolerance", F(self.scheduler.fair_share_tolerance)),
+            ("scheduler.aging_after", D(self.scheduler.aging_after)),
         ];
         if let Some(m) = db.core_multiplier {
             out.insert(2, ("database.core_multiplier", I(m.into())));

@@ -5,6 +5,7 @@ use crate::matching::clusters::Selection;
 use crate::db::DbSettings;
 use crate::matching::host_cache::{CacheSettings, Strategy};
 use crate::matching::matcher::MatchPolicy;
+use crate::matching::policy::{PolicyName, PolicySettings};
 use std::time::Duration;
 
 #[derive(Clone, Debug)]
@@ -21,6 +22,8 @@ pub struct Settings {
     pub job_back_off: Duration,
     pub strategy: Strategy,
     pub policy: MatchPolicy,
+    /// Which work goes first and where (`scheduler.policy` and its knobs).
+    pub scheduling: PolicySettings,
     pub cache: CacheSettings,
     pub soft_memory_multiplier: f64,
     pub hard_memory_multiplier: f64,
@@ -165,6 +168,18 @@ impl Settings {
             policy: MatchPolicy {
                 memory_stranded_threshold_kib: q.memory_stranded_threshold_kib,
                 selfish_services: q.selfish_services.clone(),
+            },
+            scheduling: PolicySettings {
+                name: PolicyName::parse(&config.scheduler.policy).ok_or_else(|| format!("scheduler.policy: `{}` is not legacy or smart", config.scheduler.policy))?,
+                reservation_after: config.scheduler.reservation_after,
+                reservations_max: config.scheduler.reservations_max,
+                runtime_estimate_default: config.scheduler.runtime_estimate_default,
+                fair_share_window: config.scheduler.fair_share_window,
+                fair_share_tolerance: config.scheduler.fair_share_tolerance,
+                aging_after: config.scheduler.aging_after,
+                // Longer than a blocked cluster sleeps between passes, so a show that keeps
+                // trying stays counted as demanding.
+                demand_window: q.cluster_saturated_sleep.saturating_mul(2).saturating_add(Duration::from_secs(1)).min(Duration::from_secs(300)),
             },
             cache: CacheSettings {
                 memory_key_divisor_kib: hc.memory_key_divisor_kib,

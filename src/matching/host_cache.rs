@@ -8,6 +8,7 @@
 //! guards decide every booking (scheduler-behaviour.md §4.5).
 
 use crate::matching::matcher::{self, Weights};
+use crate::matching::policy;
 use crate::model::{Host, Layer};
 use crate::db::queries::HostRow;
 use parking_lot::Mutex;
@@ -53,11 +54,15 @@ pub struct Search<'a> {
     pub policy: Option<&'a matcher::MatchPolicy>,
     /// The job's remaining core units when it is capped (the reservation's job clamp).
     pub job_remaining_units: Option<i64>,
+    /// Scheduling policy `smart`: hosts held for other layers' waiting frames, and whether this
+    /// layer may backfill them (src/matching/policy.rs).
+    pub holds: Option<policy::HoldCheck<'a>>,
 }
 
 impl Search<'_> {
     fn accepts(&self, host: &Host) -> bool {
         matcher::check_host(host, self.layer, self.job_os).is_ok()
+            && self.holds.as_ref().is_none_or(|holds| holds.admits(&host.id))
             && self.policy.is_none_or(|policy| matcher::reserve_cores(host, self.layer, self.job_remaining_units, policy).is_ok())
     }
 }
@@ -313,6 +318,31 @@ impl HostCache {
             .map(|entry| (entry, matcher::epvm_score(&entry.host, search.layer, search.caps, weights)))
             .min_by(|a, b| a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal))
             .map(|(entry, score)| (Arc::clone(&entry.host.id), Some(score)))
+    }
+
+    /// Hosts of the groups (fresh, any checkout state) whose totals would take a frame of the
+    /// layer: the candidates for a hold (policy `smart`). At most `max`, in id order.
+    pub fn fitting_totals(&self, keys: &[GroupKey], layer: &Layer, job_os: Option<&str>, max: usize) -> Vec<Host> {
+        let now = Instant::now();
+        let inner = self.inner.lock();
+        let mut ids: BTreeSet<&HostId> = BTreeSet::new();
+        for group in keys.iter().filter_map(|key| inner.groups.get(key)) {
+            ids.extend(group.keys.keys().take(SEARCH_HOSTS_MAX));
+        }
+        ids.into_iter()
+            .filter_map(|id| inner.hosts.get(id))
+            .filter(|entry| entry.stale_at > now)
+            .filter(|entry| {
+                let mut empty = entry.host.clone();
+                empty.cores_idle = empty.cores_total;
+                empty.mem_idle = empty.mem_total;
+                empty.gpus_idle = empty.gpus_total;
+                empty.gpu_mem_idle = empty.gpu_mem_total;
+                matcher::check_host(&empty, layer, job_os).is_ok()
+            })
+            .take(max)
+            .map(|entry| entry.host.clone())
+            .collect()
     }
 
     /// Whether some host of the groups would fit `search` but is checked out or backed off.

@@ -566,7 +566,7 @@ fn epvm(max_candidates: usize) -> Strategy {
 
 /// Checks out one host for `layer`; its id.
 fn take(cache: &HostCache, layer: &Layer, job_os: Option<&str>, strategy: &Strategy) -> Option<String> {
-    let search = Search { layer, job_os, caps: ScoreCaps::default(), policy: None, job_remaining_units: None };
+    let search = Search { layer, job_os, caps: ScoreCaps::default(), policy: None, job_remaining_units: None, holds: None };
     cache.checkout(&[group()], &search, strategy).map(|c| c.host.id.to_string())
 }
 
@@ -659,7 +659,7 @@ fn cache_search_order() {
 #[test]
 fn cache_epvm_checkout_reports_score() {
     let cache = cache_with(vec![host(Auto, 16, 16, 16, 16).id("a")]);
-    let search = Search { layer: &layer(4, 4), job_os: None, caps: ScoreCaps::default(), policy: None, job_remaining_units: None };
+    let search = Search { layer: &layer(4, 4), job_os: None, caps: ScoreCaps::default(), policy: None, job_remaining_units: None, holds: None };
     let got = cache.checkout(&[group()], &search, &epvm(500)).expect("a host");
     assert_eq!(got.score, Some(0.0));
     let cache = cache_with(vec![host(Auto, 16, 16, 16, 16).id("a")]);
@@ -812,7 +812,7 @@ fn cache_host_in_two_groups() {
     // Leaving one group keeps the host for the other.
     cache.apply_group(&group(), Vec::new());
     assert_eq!(cache.host_count(), 1);
-    let search = Search { layer: &layer(1, 1), job_os: None, caps: ScoreCaps::default(), policy: None, job_remaining_units: None };
+    let search = Search { layer: &layer(1, 1), job_os: None, caps: ScoreCaps::default(), policy: None, job_remaining_units: None, holds: None };
     assert!(cache.checkout(&[group()], &search, &saturation(true, false)).is_none());
     let got = cache.checkout(&[group(), other.clone()], &search, &saturation(true, false)).map(|c| c.host.id.to_string());
     assert_eq!(got.as_deref(), Some("a"));
@@ -833,7 +833,7 @@ fn checkout_skips_hosts_where_the_reservation_fails() {
     let policy = policy();
     assert_eq!(take(&cache, &wide, None, &saturation(true, false)).as_deref(), Some("lean"), "predicates alone pick lean");
     cache.invalidate(&Arc::from("lean"));
-    let search = Search { layer: &wide, job_os: None, caps: ScoreCaps::default(), policy: Some(&policy), job_remaining_units: None };
+    let search = Search { layer: &wide, job_os: None, caps: ScoreCaps::default(), policy: Some(&policy), job_remaining_units: None, holds: None };
     let picked = cache.checkout(&[group()], &search, &saturation(true, false)).map(|c| c.host.id.to_string());
     assert_eq!(picked.as_deref(), Some("roomy"));
 }

@@ -4,3 +4,4 @@
 pub mod clusters;
 pub mod host_cache;
 pub mod matcher;
+pub mod policy;

@@ -234,6 +234,7 @@ fn answer(ctx: &Context, head: &[u8]) -> Vec<u8> {
         },
         "/healthz" => response(200, "ok\n", "text/plain", head_only),
         "/status" => response(200, &ctx.ownership_status().to_json(), "application/json", head_only),
+        "/policy" => response(200, &crate::matching::policy::render_status(&ctx.policy, std::time::Instant::now()), "text/plain", head_only),
         "/readyz" => match ctx.readiness() {
             Ok(()) => response(200, "ready\n", "text/plain", head_only),
             Err(why) => response(503, &format!("not ready: {why}\n"), "text/plain", head_only),

@@ -2,7 +2,7 @@
 //! §6.2), counted without upstream's double counting (§6.3). Additions carry new names.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -54,6 +54,10 @@ pub struct Metrics {
     pub fenced_total: IntCounter,
     pub frames_lost_elsewhere_total: IntCounter,
     pub attempts_wasted_by_others_total: IntCounter,
+    pub reservations_held: IntGauge,
+    pub reservations_total: IntCounterVec,
+    pub show_share_ratio: GaugeVec,
+    pub fair_share_limited_total: IntCounter,
 }
 
 // Start-up only, with constant names, help texts and labels: an error here is a programming
@@ -115,6 +119,12 @@ impl Metrics {
         )
         .expect("static metric definition");
         r.register(Box::new(clusters_total.clone())).expect("unique metric name");
+        let show_share_ratio = GaugeVec::new(
+            Opts::new("scheduler_show_share_ratio", "Policy smart: each show's booked cores on a pool over its fair-share entitlement, decayed over scheduler.fair_share_window (1 = its share) (addition)"),
+            &["show", "alloc"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(show_share_ratio.clone())).expect("unique metric name");
         Metrics {
             jobs_queried_total: counter(&r, "scheduler_jobs_queried_total", "Jobs returned by pending-job queries"),
             jobs_processed_total: counter_vec(&r, "scheduler_jobs_processed_total", "Jobs handed to the matcher", &["show_name"]),
@@ -161,6 +171,10 @@ impl Metrics {
             fenced_total: counter(&r, "scheduler_fenced_total", "Frozen peers whose sessions this instance terminated (addition)"),
             frames_lost_elsewhere_total: counter(&r, "scheduler_frames_lost_elsewhere_total", "Frames planned here but booked first by another booker (another instance, or Cuebot) (addition)"),
             attempts_wasted_by_others_total: counter(&r, "scheduler_attempts_wasted_by_others_total", "Host attempts that booked nothing because another booker took their frames (addition)"),
+            reservations_held: gauge(&r, "scheduler_reservations_held", "Policy smart: hosts held for a waiting wide frame now (addition)"),
+            reservations_total: counter_vec(&r, "scheduler_reservations_total", "Policy smart: host holds by outcome: made, booked (its frame booked), expired (its frame left) (addition)", &["outcome"]),
+            show_share_ratio,
+            fair_share_limited_total: counter(&r, "scheduler_fair_share_limited_total", "Policy smart: passes whose show was held to its fair share while another show was short of its own (addition)"),
             registry: r,
         }
     }

@@ -25,6 +25,8 @@ pub struct Context {
     pub reload_clusters: AtomicBool,
     pub metrics: Arc<Metrics>,
     pub cache: HostCache,
+    /// The scheduling policy's state: holds, fair-share signals (src/matching/policy.rs).
+    pub policy: crate::matching::policy::Policy,
     pub pool: Pool,
     pub rqd: RqdClient,
     /// Schema has `show.b_scheduler_managed`: only managed shows are touched.
@@ -80,6 +82,7 @@ impl Context {
         let booking_threads = settings.cluster_buffer_size.saturating_mul(settings.matcher_threads).saturating_add(settings.dispatch_threads + 2);
         let bookers = ArrayQueue::new(booking_threads.clamp(1, limits::BOOKING_CONNECTIONS_KEPT_MAX));
         Context {
+            policy: crate::matching::policy::Policy::new(settings.scheduling.clone()),
             tunables: RwLock::new(settings.tunables.clone()),
             reload_clusters: AtomicBool::new(false),
             settings,

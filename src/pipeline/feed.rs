@@ -9,6 +9,7 @@ use crate::db::{self, DbError};
 use crate::model::Cluster;
 use crate::pipeline::pass::{Pass, PassResult};
 use crate::db::queries;
+use crate::matching::policy::SubscriptionRow;
 use crossbeam::channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender};
 use postgres::{Client, Statement};
 use std::collections::{HashMap, HashSet};
@@ -122,6 +123,8 @@ pub struct Feed<'a> {
     passes: u64,
     /// The last query error per cluster: a repeat is logged at debug, not again as an error.
     failing: HashMap<Cluster, String>,
+    /// Policy `smart`: when subscriptions were last read for fair share.
+    last_policy_refresh: Option<Instant>,
 }
 
 impl<'a> Feed<'a> {
@@ -142,6 +145,7 @@ impl<'a> Feed<'a> {
             probe: None,
             passes: 0,
             failing: HashMap::new(),
+            last_policy_refresh: None,
         }
     }
 
@@ -218,6 +222,7 @@ impl<'a> Feed<'a> {
             self.awake_scan();
         }
         self.apply_wake_requests();
+        self.refresh_policy();
         if now.duration_since(self.last_heartbeat) >= settings.monitor_interval {
             self.last_heartbeat = now;
             self.heartbeat();
@@ -478,7 +483,50 @@ impl<'a> Feed<'a> {
         self.empty_passes = 0;
         self.slots[index].in_flight = true;
         debug!("cluster {cluster}: {jobs} jobs, {} layers to match", work.len());
-        Some(Pass { cluster, work, fetched_at: started, alloc_headroom })
+        let fair_budget = self.fair_budget(&cluster, now);
+        Some(Pass { cluster, work, fetched_at: started, alloc_headroom, fair_budget })
+    }
+
+    /// Policy `smart`, allocation clusters: the show's fair-share budget for the pass.
+    fn fair_budget(&self, cluster: &Cluster, now: Instant) -> Option<std::sync::atomic::AtomicI64> {
+        let policy = &self.ctx.policy;
+        let alloc = cluster.alloc_id.as_ref().filter(|_| policy.smart())?;
+        let budget = policy.budget(alloc, &cluster.show_id, now)?;
+        self.ctx.metrics.fair_share_limited_total.inc();
+        debug!("cluster {cluster}: held to its fair share, {budget} core units this pass");
+        Some(std::sync::atomic::AtomicI64::new(budget))
+    }
+
+    /// Policy `smart`: re-reads subscriptions and pool sizes for fair share, drops holds whose
+    /// frames left, and sets the policy's gauges.
+    fn refresh_policy(&mut self) {
+        let now = Instant::now();
+        let policy = &self.ctx.policy;
+        if !policy.smart() || self.last_policy_refresh.is_some_and(|t| now.duration_since(t) < Duration::from_millis(crate::limits::FAIR_SHARE_REFRESH_MS)) {
+            return;
+        }
+        self.last_policy_refresh = Some(now);
+        let unseen_max = Duration::from_millis(crate::limits::RESERVATION_UNSEEN_MAX_MS);
+        for hold in policy.expire(now, unseen_max) {
+            self.ctx.metrics.reservations_total.with_label_values(&["expired"]).inc();
+            info!("hold on host {} for layer {} of job {} dropped: no pass saw the frame waiting for {:?}", hold.host_name, hold.layer_name, hold.job_name, unseen_max);
+        }
+        self.ctx.metrics.reservations_held.set(policy.holds().len() as i64);
+        let read = match self.connection() {
+            Ok(conn) => read_subscriptions(&mut conn.client),
+            Err(e) => Err(e),
+        };
+        match read {
+            Ok((rows, pools)) => policy.update_subscriptions(&rows, pools, now),
+            Err(e) => {
+                self.ctx.count_error("policy");
+                debug!("cannot read subscriptions for fair share: {e}");
+                return;
+            }
+        }
+        for share in policy.shares(now) {
+            self.ctx.metrics.show_share_ratio.with_label_values(&[&share.show_name, &share.alloc_name]).set(share.share);
+        }
     }
 
     /// Blocks while the matchers are busy, waking to notice a stop.
@@ -517,6 +565,40 @@ fn sleep_after(result: &PassResult, empty_sleep: Duration, saturated_sleep: Dura
     } else {
         (None, "booked")
     }
+}
+
+/// Subscriptions with their allocation and show names (core units), and each allocation's
+/// cores on open hosts: the inputs of fair share. At most 10,000 subscriptions are read (a
+/// farm has tens).
+fn read_subscriptions(client: &mut Client) -> Result<(Vec<SubscriptionRow>, HashMap<String, i64>), DbError> {
+    const CTX: &str = "read subscriptions";
+    let rows = client
+        .query(
+            "SELECT s.pk_alloc::text, a.str_name::text, s.pk_show::text, sh.str_name::text, s.int_size::bigint, s.int_cores::bigint
+             FROM subscription s JOIN alloc a ON a.pk_alloc = s.pk_alloc JOIN show sh ON sh.pk_show = s.pk_show
+             ORDER BY s.pk_alloc, s.pk_show LIMIT 10000",
+            &[],
+        )
+        .map_err(DbError::query(CTX))?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        out.push(SubscriptionRow {
+            alloc_id: queries::col(row, 0, CTX)?,
+            alloc_name: queries::col(row, 1, CTX)?,
+            show_id: queries::col(row, 2, CTX)?,
+            show_name: queries::col(row, 3, CTX)?,
+            size: queries::col(row, 4, CTX)?,
+            used: queries::col(row, 5, CTX)?,
+        });
+    }
+    let pools = client
+        .query("SELECT pk_alloc::text, COALESCE(sum(int_cores), 0)::bigint FROM host WHERE str_lock_state = 'OPEN' GROUP BY pk_alloc", &[])
+        .map_err(DbError::query(CTX))?;
+    let mut cores = HashMap::with_capacity(pools.len());
+    for row in &pools {
+        cores.insert(queries::col::<String>(row, 0, CTX)?, queries::col::<i64>(row, 1, CTX)?);
+    }
+    Ok((out, cores))
 }
 
 fn count_jobs(work: &[crate::model::LayerWork]) -> usize {

@@ -14,3 +14,4 @@ mod faults;
 mod hostile;
 mod daemon;
 mod instances;
+mod policy;

@@ -102,6 +102,7 @@ pub fn settings(db: &TestDb, rqd_port: u16) -> Settings {
         job_back_off: Duration::from_secs(300),
         strategy: Strategy::Saturation { core_ascending: true, memory_ascending: false },
         policy: MatchPolicy { memory_stranded_threshold_kib: 2 * 1_048_576, selfish_services: vec![] },
+        scheduling: cue_scheduler::matching::policy::PolicySettings::default(),
         cache: CacheSettings {
             memory_key_divisor_kib: 2 * 1_048_576,
             checkout_timeout: Duration::from_secs(12),

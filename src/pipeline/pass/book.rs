@@ -135,6 +135,9 @@ pub(super) fn launch_booked(
     let (job, layer) = (&work.job, &work.layer);
     let elapsed = pass.fetched_at.elapsed().as_secs_f64();
     let mut launched = 0;
+    if !booked.is_empty() && ctx.policy.smart() {
+        release_hold(ctx, layer, host);
+    }
     for b in booked {
         let Some(index) = frames.iter().position(|(f, _)| f.id == b.frame_id) else { continue };
         let (frame, command) = frames.remove(index);
@@ -175,6 +178,21 @@ pub(super) fn launch_booked(
     launched
 }
 
+/// Policy `smart`: the layer booked a frame, so a host held for it is let go.
+fn release_hold(ctx: &Context, layer: &crate::model::Layer, host: &Host) {
+    let Some(hold) = ctx.policy.booked(&layer.id) else { return };
+    ctx.metrics.reservations_total.with_label_values(&["booked"]).inc();
+    ctx.metrics.reservations_held.set(ctx.policy.holds().len() as i64);
+    let place = if hold.host_id == host.id { "on the held host".to_string() } else { format!("on {} (not the held host {})", host.name, hold.host_name) };
+    info!(
+        "layer {} of job {} booked {place} {:.0} s after the hold was made (expected {:.0} s)",
+        layer.name,
+        hold.job_name,
+        hold.made_at.elapsed().as_secs_f64(),
+        hold.due.saturating_duration_since(hold.made_at).as_secs_f64()
+    );
+}
+
 /// Frames lost to a booker other than this instance (another instance, or Cuebot): those this
 /// instance did not book itself lately. A host attempt that booked nothing and lost a frame that
 /// way is a wasted attempt another booker caused.
@@ -211,7 +229,10 @@ pub(super) fn book_on_host(
     let mut step = HostStep { booked: 0, outcome_label: "no_progress", subscription_full: false, stop_job: false, stop_layer: false, lost_frames: false };
     let job = &work.job;
     let layer = &work.layer;
-    let planned = plan_on_host(ctx, work, host, frames, *job_booked_units);
+    let mut planned = plan_on_host(ctx, work, host, frames, *job_booked_units);
+    if let Some(fair_budget) = &pass.fair_budget {
+        take_from_budget(fair_budget, &mut planned);
+    }
     if planned.is_empty() {
         ctx.cache.invalidate(&host.id);
         step.stop_layer = true;

@@ -37,6 +37,10 @@ pub(super) fn run_layer(ctx: &Context, pass: &Pass, state: &mut LayerState, job_
             outcome.stop_job = true;
             break;
         }
+        // Policy `smart`: the show reached its fair share while another show is short of its.
+        if pass.fair_budget.as_ref().is_some_and(|budget| budget.load(Ordering::SeqCst) < min_frame_units(state.work)) {
+            break;
+        }
         state.attempts += 1;
         ctx.metrics.host_attempts_total.inc();
         let Some(host) = checkout(ctx, state, job.cores_in_use + *job_booked_units) else {

@@ -6,6 +6,7 @@
 mod book;
 mod finish;
 mod plan;
+mod reserve;
 
 use book::*;
 use finish::*;
@@ -54,6 +55,10 @@ pub struct Pass {
     pub fetched_at: Instant,
     /// Allocation clusters: subscription room (core units) when the pass was read.
     pub alloc_headroom: Option<i64>,
+    /// Policy `smart`, allocation clusters: the most core units the show may book in this pass
+    /// while another show is short of its fair share (`None`: no such limit). It shrinks as the
+    /// pass books, in the planning and in the per-layer host loop.
+    pub fair_budget: Option<AtomicI64>,
 }
 
 /// What a pass achieved.
@@ -93,18 +98,62 @@ pub fn run_pass(ctx: &Context, pass: &Pass, launches: &Sender<Launch>) -> PassRe
             start = i;
         }
     }
+    if ctx.policy.smart() {
+        jobs = aged_first(ctx, jobs);
+        if !ctx.policy.holds().is_empty() {
+            reserve::load_pass_estimates(ctx, pass);
+        }
+    }
     // §3.9 step 3: the allocation's room, shared by every job's plan and shrinking with it, so
     // a pass plans no more than the subscription can take (the booking guard stays the truth).
-    let budget = AtomicI64::new(pass.alloc_headroom.unwrap_or(i64::MAX));
+    let fair = pass.fair_budget.as_ref().map_or(i64::MAX, |b| b.load(Ordering::SeqCst));
+    let budget = AtomicI64::new(pass.alloc_headroom.unwrap_or(i64::MAX).min(fair));
     // Planning goes job by job in priority order, so a higher-priority job gets hosts and
     // budget first; it only touches the cache. Booking leftovers runs jobs in parallel.
     let mut plans: Vec<JobPlan> = jobs.iter().filter_map(|layers| plan_job(ctx, pass, layers, &budget)).collect();
+    if let Some(fair_budget) = &pass.fair_budget {
+        // What the plans took from the pass budget, the fair-share budget loses too.
+        let planned: i64 = plans.iter().flat_map(|p| &p.assignments).flat_map(|a| &a.planned).map(|f| f.cores).sum();
+        fair_budget.fetch_sub(planned, Ordering::SeqCst);
+    }
     let booked = book_planned(ctx, pass, &mut plans, launches);
-    plans
+    let result = plans
         .par_iter_mut()
         .map(|plan| finish_job(ctx, pass, plan, launches))
         .reduce(PassResult::default, |a, b| a + b)
-        + booked
+        + booked;
+    if ctx.policy.smart() {
+        after_pass(ctx, pass, &plans);
+    }
+    result
+}
+
+/// Policy `smart`: jobs whose oldest waiting frame waited past `scheduler.aging_after` go
+/// first, longest wait first; the rest keep Cuebot's order.
+fn aged_first<'a>(ctx: &Context, jobs: Vec<&'a [LayerWork]>) -> Vec<&'a [LayerWork]> {
+    let waits: Vec<f64> = jobs
+        .iter()
+        .map(|layers| layers.iter().flat_map(|w| w.frames.iter().map(|f| f.age_secs)).fold(0.0, f64::max))
+        .collect();
+    crate::matching::policy::age_order(&waits, ctx.policy.settings.aging_after).into_iter().map(|i| jobs[i]).collect()
+}
+
+/// Policy `smart`, after a pass: records unmet demand for fair share, keeps the holds of
+/// layers still waiting, and tries for a hold for a frame that waited too long and fits no
+/// host's idle room.
+fn after_pass(ctx: &Context, pass: &Pass, plans: &[JobPlan]) {
+    let now = Instant::now();
+    let left: Vec<&LayerState> = plans.iter().flat_map(|p| &p.states).filter(|s| !s.frames.is_empty()).collect();
+    if let Some(alloc) = &pass.cluster.alloc_id {
+        ctx.policy.note_pass(alloc, &pass.cluster.show_id, !left.is_empty(), now);
+    }
+    for state in left {
+        ctx.policy.seen(&state.work.layer.id, now);
+        if !state.matched && !state.saw_reserved {
+            reserve::refresh(ctx, &state.work.layer.id, now);
+            reserve::consider(ctx, state, now);
+        }
+    }
 }
 
 /// Minimum core units one frame of the layer can reserve anywhere.

@@ -2,6 +2,7 @@
 //! budget. Touches only the host cache (checkouts); nothing here writes to the database.
 
 use super::*;
+use crate::matching::policy::{HoldCheck, HoldMap};
 
 pub(super) fn plan_job<'a>(ctx: &Context, pass: &Pass, layers: &'a [LayerWork], budget: &AtomicI64) -> Option<JobPlan<'a>> {
     let job = Arc::clone(&layers.first()?.job);
@@ -151,12 +152,14 @@ pub(super) fn refetch_groups(ctx: &Context, keys: &[GroupKey]) -> Result<(), db:
 /// Whether a host that is checked out (or backed off) right now would fit the layer.
 pub(super) fn reserved_hosts_fit(ctx: &Context, state: &LayerState, job_cores_in_use: i64) -> bool {
     let job = &state.work.job;
+    let holds = held_hosts(ctx);
     let search = Search {
         layer: &state.work.layer,
         job_os: job.os.as_deref(),
         caps: ScoreCaps::default(),
         policy: Some(&ctx.settings.policy),
         job_remaining_units: (job.max_cores > 0).then(|| job.max_cores - job_cores_in_use),
+        holds: hold_check(ctx, holds.as_deref(), &state.work.layer.id),
     };
     ctx.cache.any_reserved_fit(&state.keys, &search)
 }
@@ -165,18 +168,29 @@ pub(super) fn search_cache(ctx: &Context, state: &LayerState, job_cores_in_use: 
     let job = &state.work.job;
     let caps = ScoreCaps { job_max_cores: job.max_cores, job_cores_in_use, ..ScoreCaps::default() };
     let job_remaining_units = (job.max_cores > 0).then(|| job.max_cores - job_cores_in_use);
+    let holds = held_hosts(ctx);
     let search = Search {
         layer: &state.work.layer,
         job_os: job.os.as_deref(),
         caps,
         policy: Some(&ctx.settings.policy),
         job_remaining_units,
+        holds: hold_check(ctx, holds.as_deref(), &state.work.layer.id),
     };
     let checkout = ctx.cache.checkout(&state.keys, &search, &ctx.settings.strategy)?;
     if let Some(score) = checkout.score {
         ctx.metrics.placement_score_chosen.observe(score);
     }
     Some(checkout.host)
+}
+
+/// Policy `smart` with hosts held: the holds (`None` otherwise, so checkouts skip the check).
+fn held_hosts(ctx: &Context) -> Option<Arc<HoldMap>> {
+    ctx.policy.smart().then(|| ctx.policy.holds()).filter(|holds| !holds.is_empty())
+}
+
+fn hold_check<'a>(ctx: &Context, holds: Option<&'a HoldMap>, layer_id: &'a str) -> Option<HoldCheck<'a>> {
+    holds.map(|holds| HoldCheck { holds, layer_id, estimate_secs: ctx.policy.estimate(layer_id), now: Instant::now() })
 }
 
 /// Prepares commands; frames whose name or range cannot be used are dropped for good.

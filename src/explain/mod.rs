@@ -12,6 +12,8 @@
 //! `LEAST(host.int_mem_idle, host_stat.int_mem_free)`), so explain and the scheduler agree on
 //! what "fits" means.
 
+mod policy;
+
 use crate::config::cli::ExplainArgs;
 use crate::config::Config;
 use crate::matching::matcher::{self, Reject};
@@ -38,6 +40,8 @@ pub struct Diagnosis {
     pub layers: Vec<LayerDiagnosis>,
     /// Layers left out because they have no WAITING frame.
     pub layers_without_waiting: usize,
+    /// The scheduling policy's view: share against entitlement, holds, what the job waits for.
+    pub policy: Option<policy::PolicyDiagnosis>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -334,8 +338,10 @@ pub fn diagnose(client: &mut Client, settings: &Settings, args: &ExplainArgs) ->
     let limits = read_limits(client, &layer_ids)?;
     let job_reasons = job_reasons(&job, settings, managed_mode, total_waiting);
     let inputs = Inputs { job: &job, hosts: &hosts, clusters: &clusters, limits: &limits, settings };
-    let layers = layers.iter().map(|row| diagnose_layer(&inputs, &job_reasons, row)).collect();
-    Ok(Diagnosis { job: job.info.clone(), job_reasons, layers, layers_without_waiting: without.len() })
+    let layers: Vec<LayerDiagnosis> = layers.iter().map(|row| diagnose_layer(&inputs, &job_reasons, row)).collect();
+    let licence_blocked = layers.iter().any(|l| l.reasons.iter().any(|r| matches!(r, Reason::LayerLimit { .. })));
+    let policy = Some(policy::diagnose(client, settings, &job.show_id, &job_id, licence_blocked)?);
+    Ok(Diagnosis { job: job.info.clone(), job_reasons, layers, layers_without_waiting: without.len(), policy })
 }
 
 /// The job's id: the only job with that name, else the only PENDING one.
@@ -1136,6 +1142,9 @@ pub fn render_text(d: &Diagnosis) -> String {
         let layers = count_of(d.layers_without_waiting as i64, "more layer has", "more layers have");
         out.push_str(&format!("\n{layers} no WAITING frame\n"));
     }
+    if let Some(p) = &d.policy {
+        policy::render_text(&mut out, p);
+    }
     out
 }
 
@@ -1318,6 +1327,7 @@ pub fn render_json(d: &Diagnosis) -> String {
         .raw("job_reasons", json_array(d.job_reasons.iter().map(reason_json)))
         .raw("layers", json_array(d.layers.iter().map(layer_json)))
         .int("layers_without_waiting_frames", d.layers_without_waiting as i64)
+        .raw("policy", d.policy.as_ref().map_or_else(|| "null".to_string(), policy::json))
         .done();
     format!("{doc}\n")
 }
@@ -1368,6 +1378,7 @@ mod tests {
             job_reasons: vec![],
             layers,
             layers_without_waiting: 0,
+            policy: None,
         }
     }
 

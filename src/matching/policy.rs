@@ -1,0 +1,684 @@
+//! The scheduling policy (issue 11): which work goes first and where, beyond Cuebot's order.
+//!
+//! `legacy` is Cuebot's order and nothing else: priority, then age, within each show's cluster
+//! pass, and whichever pass looks first takes a freed host. `smart` adds three rules, each a
+//! pure function here so it can be tested on data, and a small in-memory state that the pipeline
+//! feeds (`Policy`):
+//!
+//! - **Reservation with backfill.** A frame that has waited longer than
+//!   `scheduler.reservation_after`, fits no host's idle room but fits some host's total, gets the
+//!   host that frees soonest held for it (`choose_host`), estimated from the running frames'
+//!   start times and their layers' runtime history. Other layers book on a held host only when
+//!   they are expected to end before the hold is due (`backfill_ok`). A hold lives in memory
+//!   only: it is dropped when its layer books a frame, or when no pass has seen the layer
+//!   waiting for `limits::RESERVATION_UNSEEN_MAX_MS` (the frame left: it ran elsewhere, was
+//!   killed, or its job was paused).
+//! - **Fair share across shows.** On an allocation, each show with unmet demand is entitled to
+//!   the pool's cores in proportion to its subscription size. While some show with demand sits
+//!   below its entitlement (by more than `scheduler.fair_share_tolerance`), a show above its own
+//!   books at most up to it (`fair_budget`). Priority still orders jobs within a show. Demand
+//!   and the reported share decay over `scheduler.fair_share_window`.
+//! - **Aging.** Within a pass, jobs whose oldest waiting frame has waited longer than
+//!   `scheduler.aging_after` go first, longest wait first (`age_order`), so no fitting frame
+//!   waits without bound behind a stream of higher-priority work.
+//!
+//! The database stays the truth: a hold or a fair-share budget only narrows what a pass tries;
+//! every booking is still guarded in SQL.
+
+use crate::matching::host_cache::HostId;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolicyName {
+    Legacy,
+    Smart,
+}
+
+impl PolicyName {
+    pub fn parse(text: &str) -> Option<PolicyName> {
+        match text.trim() {
+            "legacy" => Some(PolicyName::Legacy),
+            "smart" => Some(PolicyName::Smart),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyName::Legacy => "legacy",
+            PolicyName::Smart => "smart",
+        }
+    }
+}
+
+/// The policy's knobs (config keys `scheduler.*`, see README "Scheduling policy").
+#[derive(Clone, Debug, PartialEq)]
+pub struct PolicySettings {
+    pub name: PolicyName,
+    /// A frame waiting longer than this that fits no idle room gets a host held.
+    pub reservation_after: Duration,
+    /// Holds at once, per instance.
+    pub reservations_max: usize,
+    /// Runtime assumed for a running frame whose layer has no finished frame yet.
+    pub runtime_estimate_default: Duration,
+    /// Half-life of the demand and share signals.
+    pub fair_share_window: Duration,
+    /// A show counts as below its entitlement when short of it by more than this fraction.
+    pub fair_share_tolerance: f64,
+    /// Jobs whose oldest frame waited longer than this go first within a pass.
+    pub aging_after: Duration,
+    /// How long a pass's unmet demand counts: longer than a blocked cluster sleeps between
+    /// passes (derived from `queue.cluster_saturated_sleep`, not a key of its own).
+    pub demand_window: Duration,
+}
+
+impl Default for PolicySettings {
+    fn default() -> Self {
+        PolicySettings {
+            name: PolicyName::Legacy,
+            reservation_after: Duration::from_secs(10),
+            reservations_max: 32,
+            runtime_estimate_default: Duration::from_secs(300),
+            fair_share_window: Duration::from_secs(30),
+            fair_share_tolerance: 0.05,
+            aging_after: Duration::from_secs(120),
+            demand_window: Duration::from_secs(11),
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Reservation choice and backfill
+// ------------------------------------------------------------------------------------------------
+
+/// Resources, in the database's units (core units, KiB, GPUs, KiB).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Need {
+    pub cores: i64,
+    pub mem: i64,
+    pub gpus: i64,
+    pub gpu_mem: i64,
+}
+
+impl Need {
+    fn fits_in(&self, room: &Need) -> bool {
+        self.cores <= room.cores && self.mem <= room.mem && self.gpus <= room.gpus && self.gpu_mem <= room.gpu_mem
+    }
+
+    fn add(&mut self, other: &Need) {
+        self.cores += other.cores;
+        self.mem += other.mem;
+        self.gpus += other.gpus;
+        self.gpu_mem += other.gpu_mem;
+    }
+}
+
+/// Whether a frame that fits no idle room is worth a hold: it needs more than one core, or a
+/// GPU. A one-core frame takes the next core that frees anyway; a wide frame never does while
+/// one-core frames take each core as it frees, and a GPU frame loses the host's last cores to
+/// CPU frames the same way.
+pub fn worth_holding(need: &Need) -> bool {
+    need.cores > crate::model::CORE_UNITS_PER_CORE || need.gpus > 0
+}
+
+/// A frame running on a candidate host.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Running {
+    pub held: Need,
+    pub elapsed_secs: f64,
+    /// Mean runtime of its layer's finished frames; `None` without history.
+    pub estimate_secs: Option<f64>,
+}
+
+impl Running {
+    /// Seconds until it is expected to end (0 when overdue).
+    fn remaining_secs(&self, default_estimate: f64) -> f64 {
+        let estimate = self.estimate_secs.unwrap_or(default_estimate);
+        // A frame already past its estimate is expected to end soon, not to have ended.
+        (estimate - self.elapsed_secs).max(0.0)
+    }
+}
+
+/// A host that could hold the frame once enough of its running frames end.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    pub total: Need,
+    pub idle: Need,
+    pub running: Vec<Running>,
+}
+
+/// Seconds until `need` fits on the host, running frames ending in estimated order; `None`
+/// when it never fits (the host's total is too small).
+pub fn frees_in(candidate: &Candidate, need: &Need, default_estimate_secs: f64) -> Option<f64> {
+    if !need.fits_in(&candidate.total) {
+        return None;
+    }
+    let mut room = candidate.idle;
+    if need.fits_in(&room) {
+        return Some(0.0);
+    }
+    let mut ending: Vec<&Running> = candidate.running.iter().collect();
+    ending.sort_by(|a, b| a.remaining_secs(default_estimate_secs).total_cmp(&b.remaining_secs(default_estimate_secs)));
+    for frame in ending {
+        room.add(&frame.held);
+        if need.fits_in(&room) {
+            return Some(frame.remaining_secs(default_estimate_secs));
+        }
+    }
+    // The running frames the database listed do not account for the room (other bookers,
+    // stale idle values): assume the longest wait.
+    Some(default_estimate_secs)
+}
+
+/// The candidate that frees soonest for `need`, and in how many seconds; ties go to the
+/// smaller host (a whole 32-core host is not held for a 16-core frame if a 16-core host frees
+/// as soon).
+pub fn choose_host(candidates: &[Candidate], need: &Need, default_estimate_secs: f64) -> Option<(usize, f64)> {
+    candidates
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| frees_in(c, need, default_estimate_secs).map(|secs| (i, secs, c.total.cores)))
+        .min_by(|a, b| a.1.total_cmp(&b.1).then(a.2.cmp(&b.2)))
+        .map(|(i, secs, _)| (i, secs))
+}
+
+/// Whether a frame of a layer with this runtime estimate may book on a host held until `due`:
+/// only when it is expected to end before then. A layer with no history never backfills.
+pub fn backfill_ok(now: Instant, due: Instant, estimate_secs: Option<f64>) -> bool {
+    estimate_secs.is_some_and(|secs| secs.is_finite() && secs >= 0.0 && now.checked_add(Duration::from_secs_f64(secs.min(1e9))).is_some_and(|end| end <= due))
+}
+
+// ------------------------------------------------------------------------------------------------
+// Fair share
+// ------------------------------------------------------------------------------------------------
+
+/// One show's subscription on an allocation, as the policy sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShowUse {
+    pub show_id: String,
+    /// Subscription size, core units.
+    pub size: i64,
+    /// Cores booked now, core units.
+    pub used: i64,
+    /// It had frames left unbooked in a recent pass.
+    pub demanding: bool,
+}
+
+/// Each demanding show's entitlement on a pool of `pool_cores`: its share by subscription size
+/// (`show` is always counted as demanding). Shows with size 0 are entitled to nothing.
+pub fn entitlements(pool_cores: i64, shows: &[ShowUse], show: &str) -> HashMap<String, i64> {
+    let demanding: Vec<&ShowUse> = shows.iter().filter(|s| s.demanding || s.show_id == show).collect();
+    let total: i64 = demanding.iter().map(|s| s.size.max(0)).sum();
+    demanding
+        .iter()
+        .map(|s| {
+            let e = if total > 0 { (pool_cores as f64 * s.size.max(0) as f64 / total as f64) as i64 } else { 0 };
+            (s.show_id.clone(), e)
+        })
+        .collect()
+}
+
+/// How many more core units `show` may book on the pool in this pass; `None`: no fair-share
+/// limit (no other show is starved, or `show` is at or below its entitlement).
+pub fn fair_budget(pool_cores: i64, shows: &[ShowUse], show: &str, tolerance: f64) -> Option<i64> {
+    let entitled = entitlements(pool_cores, shows, show);
+    let mine = shows.iter().find(|s| s.show_id == show)?;
+    let my_entitlement = *entitled.get(show)?;
+    let slack = (pool_cores as f64 * tolerance.max(0.0)) as i64;
+    let starved = shows
+        .iter()
+        .filter(|s| s.show_id != show && s.demanding)
+        .any(|s| entitled.get(&s.show_id).is_some_and(|e| s.used + slack < *e));
+    if !starved {
+        return None;
+    }
+    Some((my_entitlement - mine.used).max(0))
+}
+
+// ------------------------------------------------------------------------------------------------
+// Aging
+// ------------------------------------------------------------------------------------------------
+
+/// The order of a pass's jobs (indices into `waits`, each job's oldest waiting frame in
+/// seconds, given in Cuebot's order): jobs that waited past `aging_after` first, longest wait
+/// first; the rest keep their order.
+pub fn age_order(waits: &[f64], aging_after: Duration) -> Vec<usize> {
+    let limit = aging_after.as_secs_f64();
+    let mut aged: Vec<usize> = (0..waits.len()).filter(|&i| waits[i] > limit).collect();
+    aged.sort_by(|&a, &b| waits[b].total_cmp(&waits[a]).then(a.cmp(&b)));
+    aged.extend((0..waits.len()).filter(|&i| waits[i] <= limit));
+    aged
+}
+
+// ------------------------------------------------------------------------------------------------
+// State
+// ------------------------------------------------------------------------------------------------
+
+/// A host held for one waiting frame of a layer.
+#[derive(Clone, Debug)]
+pub struct Hold {
+    pub host_id: HostId,
+    pub host_name: String,
+    pub layer_id: String,
+    pub layer_name: String,
+    pub job_id: String,
+    pub job_name: String,
+    pub frame_name: String,
+    pub need: Need,
+    pub made_at: Instant,
+    /// When the host is expected to have room for the frame.
+    pub due: Instant,
+    /// The last pass that saw the layer still waiting.
+    pub seen: Instant,
+    /// When `due` was last estimated (it is re-estimated as runtime history grows).
+    pub checked: Instant,
+}
+
+/// Holds by host, shared with checkouts without locking the policy.
+pub type HoldMap = HashMap<HostId, Hold>;
+
+/// What a checkout needs to respect holds: the holds, the layer searching, its runtime
+/// estimate and the time of the search.
+pub struct HoldCheck<'a> {
+    pub holds: &'a HoldMap,
+    pub layer_id: &'a str,
+    pub estimate_secs: Option<f64>,
+    pub now: Instant,
+}
+
+impl HoldCheck<'_> {
+    /// A host held for another layer takes this layer's frame only as backfill.
+    pub fn admits(&self, host_id: &HostId) -> bool {
+        match self.holds.get(host_id) {
+            None => true,
+            Some(hold) if hold.layer_id == self.layer_id => true,
+            Some(hold) => backfill_ok(self.now, hold.due, self.estimate_secs),
+        }
+    }
+}
+
+/// One show's subscription on one pool, as last read, with its decayed signals.
+#[derive(Clone, Debug)]
+struct ShowState {
+    alloc_name: String,
+    show_name: String,
+    size: i64,
+    used: i64,
+    /// Decayed used ÷ entitlement, for the gauge and `explain`.
+    share: f64,
+    last_demand: Option<Instant>,
+}
+
+#[derive(Default)]
+struct State {
+    holds: Arc<HoldMap>,
+    /// Layer id → when a hold was last tried for it (one try per `RESERVATION_RETRY_MS`).
+    tried: HashMap<String, Instant>,
+    /// Layer id → (mean runtime of its finished frames, when read).
+    estimates: HashMap<String, (Option<f64>, Instant)>,
+    /// (alloc id, show id) → state.
+    shows: HashMap<(String, String), ShowState>,
+    /// Alloc id → cores of its open hosts.
+    pools: HashMap<String, i64>,
+    last_decay: Option<Instant>,
+}
+
+/// One subscription as read for fair share (core units).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SubscriptionRow {
+    pub alloc_id: String,
+    pub alloc_name: String,
+    pub show_id: String,
+    pub show_name: String,
+    pub size: i64,
+    pub used: i64,
+}
+
+/// What the policy shows about one show on one pool (for `/status`, metrics and `explain`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShareView {
+    pub alloc_id: String,
+    pub alloc_name: String,
+    pub show_id: String,
+    pub show_name: String,
+    pub size: i64,
+    pub used: i64,
+    pub entitled: i64,
+    pub share: f64,
+    pub demanding: bool,
+}
+
+pub struct Policy {
+    pub settings: PolicySettings,
+    state: Mutex<State>,
+}
+
+impl Policy {
+    pub fn new(settings: PolicySettings) -> Policy {
+        Policy { settings, state: Mutex::new(State::default()) }
+    }
+
+    pub fn smart(&self) -> bool {
+        self.settings.name == PolicyName::Smart
+    }
+
+    /// The cached runtime estimate of a layer (`None`: unknown or no history).
+    pub fn estimate(&self, layer_id: &str) -> Option<f64> {
+        self.state.lock().estimates.get(layer_id).and_then(|(estimate, _)| *estimate)
+    }
+
+    /// The holds now (cheap: a shared snapshot).
+    pub fn holds(&self) -> Arc<HoldMap> {
+        Arc::clone(&self.state.lock().holds)
+    }
+
+    /// Whether the layer may try for a hold now (rate limit, capacity, not already held).
+    pub fn may_try_hold(&self, layer_id: &str, now: Instant) -> bool {
+        let mut state = self.state.lock();
+        if state.holds.len() >= self.settings.reservations_max || state.holds.values().any(|h| h.layer_id == layer_id) {
+            return false;
+        }
+        let retry = Duration::from_millis(crate::limits::RESERVATION_RETRY_MS);
+        if state.tried.get(layer_id).is_some_and(|t| now.duration_since(*t) < retry) {
+            return false;
+        }
+        state.tried.insert(layer_id.to_string(), now);
+        if state.tried.len() > crate::limits::POLICY_LAYERS_TRACKED_MAX {
+            state.tried.retain(|_, t| now.duration_since(*t) < retry);
+        }
+        true
+    }
+
+    /// Records a hold unless the host or the layer is already held; returns whether it was.
+    pub fn hold(&self, hold: Hold) -> bool {
+        let mut state = self.state.lock();
+        if state.holds.len() >= self.settings.reservations_max
+            || state.holds.contains_key(&hold.host_id)
+            || state.holds.values().any(|h| h.layer_id == hold.layer_id)
+        {
+            return false;
+        }
+        let mut holds = (*state.holds).clone();
+        holds.insert(Arc::clone(&hold.host_id), hold);
+        state.holds = Arc::new(holds);
+        true
+    }
+
+    /// The hold of a layer, if it has one.
+    pub fn hold_of(&self, layer_id: &str) -> Option<Hold> {
+        self.state.lock().holds.values().find(|h| h.layer_id == layer_id).cloned()
+    }
+
+    /// A new estimate of when the layer's held host has room.
+    pub fn set_due(&self, layer_id: &str, due: Instant, now: Instant) {
+        let mut state = self.state.lock();
+        let mut holds = (*state.holds).clone();
+        for hold in holds.values_mut().filter(|h| h.layer_id == layer_id) {
+            hold.due = due;
+            hold.checked = now;
+        }
+        state.holds = Arc::new(holds);
+    }
+
+    /// The layer is still waiting (a pass saw it): its hold stays.
+    pub fn seen(&self, layer_id: &str, now: Instant) {
+        let mut state = self.state.lock();
+        if !state.holds.values().any(|h| h.layer_id == layer_id) {
+            return;
+        }
+        let mut holds = (*state.holds).clone();
+        for hold in holds.values_mut().filter(|h| h.layer_id == layer_id) {
+            hold.seen = now;
+        }
+        state.holds = Arc::new(holds);
+    }
+
+    /// The layer booked a frame: its hold is dropped. Returns the dropped hold.
+    pub fn booked(&self, layer_id: &str) -> Option<Hold> {
+        self.drop_where(|h| h.layer_id == layer_id).into_iter().next()
+    }
+
+    /// Drops holds no pass has seen waiting for `unseen_max`; returns them.
+    pub fn expire(&self, now: Instant, unseen_max: Duration) -> Vec<Hold> {
+        self.drop_where(|h| now.duration_since(h.seen) > unseen_max)
+    }
+
+    fn drop_where(&self, doomed: impl Fn(&Hold) -> bool) -> Vec<Hold> {
+        let mut state = self.state.lock();
+        if !state.holds.values().any(&doomed) {
+            return Vec::new();
+        }
+        let mut holds = (*state.holds).clone();
+        let gone: Vec<HostId> = holds.values().filter(|h| doomed(h)).map(|h| Arc::clone(&h.host_id)).collect();
+        let dropped = gone.iter().filter_map(|id| holds.remove(id)).collect();
+        state.holds = Arc::new(holds);
+        dropped
+    }
+
+    /// Cached runtime estimates of layers, and the layers whose estimate is missing or older
+    /// than `max_age` (to be read).
+    pub fn estimates(&self, layer_ids: &[String], now: Instant, max_age: Duration) -> (HashMap<String, Option<f64>>, Vec<String>) {
+        let state = self.state.lock();
+        let mut known = HashMap::new();
+        let mut stale = Vec::new();
+        for id in layer_ids {
+            match state.estimates.get(id) {
+                Some((estimate, at)) if now.duration_since(*at) < max_age => {
+                    known.insert(id.clone(), *estimate);
+                }
+                _ => stale.push(id.clone()),
+            }
+        }
+        (known, stale)
+    }
+
+    pub fn store_estimates(&self, read: &[(String, Option<f64>)], now: Instant) {
+        let mut state = self.state.lock();
+        for (id, estimate) in read {
+            state.estimates.insert(id.clone(), (*estimate, now));
+        }
+        if state.estimates.len() > crate::limits::POLICY_LAYERS_TRACKED_MAX {
+            let max_age = Duration::from_millis(crate::limits::RUNTIME_ESTIMATE_MAX_AGE_MS);
+            state.estimates.retain(|_, (_, at)| now.duration_since(*at) < max_age);
+        }
+    }
+
+    /// A pass of `show` on the pool left frames unbooked (`unmet`) or not.
+    pub fn note_pass(&self, alloc_id: &str, show_id: &str, unmet: bool, now: Instant) {
+        if !unmet {
+            return;
+        }
+        let mut state = self.state.lock();
+        if let Some(s) = state.shows.get_mut(&(alloc_id.to_string(), show_id.to_string())) {
+            s.last_demand = Some(now);
+        }
+    }
+
+    /// Installs a fresh read of the subscriptions and each pool's cores. Decays the share signal.
+    pub fn update_subscriptions(&self, rows: &[SubscriptionRow], pools: HashMap<String, i64>, now: Instant) {
+        let mut state = self.state.lock();
+        let elapsed = state.last_decay.map_or(0.0, |t| now.duration_since(t).as_secs_f64());
+        state.last_decay = Some(now);
+        let half_life = self.settings.fair_share_window.as_secs_f64().max(1e-3);
+        let keep = 0.5f64.powf(elapsed / half_life);
+        let mut next = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let key = (row.alloc_id.clone(), row.show_id.clone());
+            let previous = state.shows.remove(&key);
+            next.insert(
+                key,
+                ShowState {
+                    alloc_name: row.alloc_name.clone(),
+                    show_name: row.show_name.clone(),
+                    size: row.size,
+                    used: row.used,
+                    share: previous.as_ref().map_or(0.0, |p| p.share),
+                    last_demand: previous.and_then(|p| p.last_demand),
+                },
+            );
+        }
+        state.shows = next;
+        state.pools = pools;
+        // The share gauge: used ÷ entitlement among demanding shows, decayed.
+        let views = views_of(&state, self.demand_window(), now);
+        for view in views {
+            if let Some(s) = state.shows.get_mut(&(view.alloc_id.clone(), view.show_id.clone())) {
+                let instant = if view.entitled > 0 { view.used as f64 / view.entitled as f64 } else { 0.0 };
+                s.share = s.share * keep + instant * (1.0 - keep);
+            }
+        }
+    }
+
+    fn demand_window(&self) -> Duration {
+        self.settings.demand_window
+    }
+
+    /// The fair-share budget of `show` on `alloc` now (see `fair_budget`).
+    pub fn budget(&self, alloc_id: &str, show_id: &str, now: Instant) -> Option<i64> {
+        let state = self.state.lock();
+        let pool = *state.pools.get(alloc_id)?;
+        let shows = shows_of(&state, alloc_id, self.demand_window(), now);
+        fair_budget(pool, &shows, show_id, self.settings.fair_share_tolerance)
+    }
+
+    /// Every show's share on every pool.
+    pub fn shares(&self, now: Instant) -> Vec<ShareView> {
+        views_of(&self.state.lock(), self.demand_window(), now)
+    }
+}
+
+/// `/policy` on the metrics port: one line per hold and per show share, `key=value` pairs
+/// separated by spaces, values percent-encoded (`explain` reads it back with `parse_line`).
+pub fn render_status(policy: &Policy, now: Instant) -> String {
+    let mut out = format!("policy name={}\n", policy.settings.name.name());
+    let mut holds: Vec<Hold> = policy.holds().values().cloned().collect();
+    holds.sort_by_key(|h| h.made_at);
+    for h in holds {
+        let fields = [
+            ("host", h.host_name.clone()),
+            ("layer_id", h.layer_id.clone()),
+            ("layer", h.layer_name.clone()),
+            ("job_id", h.job_id.clone()),
+            ("job", h.job_name.clone()),
+            ("frame", h.frame_name.clone()),
+            ("cores", format!("{}", h.need.cores / crate::model::CORE_UNITS_PER_CORE)),
+            ("held_for_s", format!("{:.1}", now.saturating_duration_since(h.made_at).as_secs_f64())),
+            ("due_in_s", format!("{:.1}", h.due.saturating_duration_since(now).as_secs_f64())),
+        ];
+        out.push_str(&render_line("hold", &fields));
+    }
+    for v in policy.shares(now) {
+        let fields = [
+            ("alloc", v.alloc_name.clone()),
+            ("show", v.show_name.clone()),
+            ("size_cores", format!("{}", v.size / crate::model::CORE_UNITS_PER_CORE)),
+            ("used_cores", format!("{}", v.used / crate::model::CORE_UNITS_PER_CORE)),
+            ("entitled_cores", format!("{}", v.entitled / crate::model::CORE_UNITS_PER_CORE)),
+            ("share", format!("{:.3}", v.share)),
+            ("demanding", v.demanding.to_string()),
+        ];
+        out.push_str(&render_line("share", &fields));
+    }
+    out
+}
+
+fn render_line(kind: &str, fields: &[(&str, String)]) -> String {
+    let mut line = kind.to_string();
+    for (key, value) in fields {
+        line.push(' ');
+        line.push_str(key);
+        line.push('=');
+        line.push_str(&encode(value));
+    }
+    line.push('\n');
+    line
+}
+
+fn encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        if c == '%' || c.is_whitespace() || c.is_control() {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One `/policy` line: its kind and its fields (unknown or malformed parts are skipped).
+pub fn parse_line(line: &str) -> Option<(String, HashMap<String, String>)> {
+    let mut parts = line.split(' ').filter(|p| !p.is_empty());
+    let kind = parts.next()?.to_string();
+    let fields = parts.filter_map(|p| p.split_once('=')).map(|(k, v)| (k.to_string(), decode(v))).collect();
+    Some((kind, fields))
+}
+
+fn shows_of(state: &State, alloc_id: &str, window: Duration, now: Instant) -> Vec<ShowUse> {
+    let mut shows: Vec<ShowUse> = state
+        .shows
+        .iter()
+        .filter(|((alloc, _), _)| alloc == alloc_id)
+        .map(|((_, show), s)| ShowUse {
+            show_id: show.clone(),
+            size: s.size,
+            used: s.used,
+            demanding: s.last_demand.is_some_and(|t| now.duration_since(t) <= window),
+        })
+        .collect();
+    shows.sort_by(|a, b| a.show_id.cmp(&b.show_id));
+    shows
+}
+
+fn views_of(state: &State, window: Duration, now: Instant) -> Vec<ShareView> {
+    let mut out = Vec::new();
+    for (alloc, pool) in &state.pools {
+        let shows = shows_of(state, alloc, window, now);
+        for show in &shows {
+            let entitled = entitlements(*pool, &shows, &show.show_id).get(&show.show_id).copied().unwrap_or(0);
+            let s = &state.shows[&(alloc.clone(), show.show_id.clone())];
+            out.push(ShareView {
+                alloc_id: alloc.clone(),
+                alloc_name: s.alloc_name.clone(),
+                show_id: show.show_id.clone(),
+                show_name: s.show_name.clone(),
+                size: show.size,
+                used: show.used,
+                entitled,
+                share: s.share,
+                demanding: show.demanding,
+            });
+        }
+    }
+    out.sort_by(|a, b| (&a.alloc_id, &a.show_name).cmp(&(&b.alloc_id, &b.show_name)));
+    out
+}
+
+#[cfg(test)]
+#[path = "policy_tests.rs"]
+mod tests;

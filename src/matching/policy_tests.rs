@@ -1,0 +1,253 @@
+//! Data-driven tests of the policy rules: reservation choice, the backfill window, the
+//! fair-share order and budget, aging.
+
+use super::*;
+
+const CORE: i64 = 100;
+const GIB: i64 = 1 << 20;
+
+fn need(cores: i64) -> Need {
+    Need { cores: cores * CORE, mem: 4 * GIB, gpus: 0, gpu_mem: 0 }
+}
+
+fn running(cores: i64, elapsed: f64, estimate: Option<f64>) -> Running {
+    Running { held: need(cores), elapsed_secs: elapsed, estimate_secs: estimate }
+}
+
+fn host(total_cores: i64, idle_cores: i64, running: Vec<Running>) -> Candidate {
+    Candidate {
+        total: Need { cores: total_cores * CORE, mem: 128 * GIB, gpus: 0, gpu_mem: 0 },
+        idle: Need { cores: idle_cores * CORE, mem: 128 * GIB - 4 * GIB * running.len() as i64, gpus: 0, gpu_mem: 0 },
+        running,
+    }
+}
+
+#[test]
+fn frees_in_adds_running_frames_in_estimated_end_order() {
+    // (idle cores, running (cores, elapsed, estimate)), need cores, expected seconds.
+    // (cores, elapsed secs, estimate secs) of each running frame.
+    type Frames<'a> = &'a [(i64, f64, Option<f64>)];
+    let cases: &[(i64, Frames, i64, Option<f64>)] = &[
+        // Already fits.
+        (32, &[], 16, Some(0.0)),
+        // Needs the two frames ending first: 4 s left, then 10 s left.
+        (14, &[(1, 6.0, Some(10.0)), (1, 0.0, Some(20.0)), (1, 4.0, Some(9.0))], 16, Some(5.0)),
+        // Overdue frames count as ending now.
+        (15, &[(1, 50.0, Some(10.0))], 16, Some(0.0)),
+        // No history: the default estimate (300 s) applies.
+        (15, &[(1, 100.0, None)], 16, Some(200.0)),
+        // Never fits: larger than the host.
+        (32, &[], 33, None),
+    ];
+    for (idle, frames, cores, expected) in cases {
+        let frames: Vec<Running> = frames.iter().map(|(c, e, est)| running(*c, *e, *est)).collect();
+        let candidate = host(32, *idle, frames);
+        let got = frees_in(&candidate, &need(*cores), 300.0);
+        assert_eq!(got.map(|s| (s * 1000.0).round() / 1000.0), *expected, "idle {idle}, need {cores}");
+    }
+}
+
+#[test]
+fn choose_host_takes_the_host_that_frees_soonest() {
+    let candidates = vec![
+        // Frees 16 cores in 30 s.
+        host(32, 0, (0..32).map(|_| running(1, 10.0, Some(40.0))).collect()),
+        // Frees 16 cores in 5 s (16 frames end at 5 s, the rest at 100 s).
+        host(32, 0, (0..32).map(|i| running(1, 0.0, Some(if i < 16 { 5.0 } else { 100.0 }))).collect()),
+        // Too small.
+        host(8, 8, vec![]),
+    ];
+    assert_eq!(choose_host(&candidates, &need(16), 300.0), Some((1, 5.0)));
+    // Ties go to the smaller host.
+    let tie = vec![host(32, 16, vec![]), host(16, 16, vec![])];
+    assert_eq!(choose_host(&tie, &need(16), 300.0), Some((1, 0.0)));
+    assert_eq!(choose_host(&[host(8, 8, vec![])], &need(16), 300.0), None);
+}
+
+#[test]
+fn only_wide_or_gpu_frames_are_worth_a_hold() {
+    assert!(!worth_holding(&need(1)));
+    assert!(worth_holding(&need(2)));
+    assert!(worth_holding(&Need { gpus: 1, ..need(1) }));
+}
+
+#[test]
+fn backfill_only_ends_before_the_hold_is_due() {
+    let now = Instant::now();
+    let due = now + Duration::from_secs(20);
+    // (estimate, may backfill)
+    let cases: &[(Option<f64>, bool)] = &[
+        (Some(5.0), true),
+        (Some(20.0), true),
+        (Some(20.5), false),
+        (None, false),
+        (Some(f64::NAN), false),
+        (Some(f64::INFINITY), false),
+        (Some(-1.0), false),
+    ];
+    for (estimate, expected) in cases {
+        assert_eq!(backfill_ok(now, due, *estimate), *expected, "estimate {estimate:?}");
+    }
+    // A hold already due takes nothing.
+    assert!(!backfill_ok(now, now, Some(0.5)));
+}
+
+fn show(id: &str, size: i64, used: i64, demanding: bool) -> ShowUse {
+    ShowUse { show_id: id.into(), size: size * CORE, used: used * CORE, demanding }
+}
+
+#[test]
+fn fair_budget_caps_a_show_over_its_entitlement_while_another_is_starved() {
+    let pool = 100 * CORE;
+    // (shows, the show asking, expected budget in cores: None = no limit)
+    let cases: Vec<(Vec<ShowUse>, &str, Option<i64>)> = vec![
+        // a (size 20) holds 90 while b (size 50) with demand holds 10: a is capped at its
+        // entitlement among {a, b}: 100 × 20/70 = 28, already exceeded, so 0.
+        (vec![show("a", 20, 90, true), show("b", 50, 10, true)], "a", Some(0)),
+        // b is under its entitlement: no limit for b.
+        (vec![show("a", 20, 90, true), show("b", 50, 10, true)], "b", None),
+        // b has no demand: a may take everything.
+        (vec![show("a", 20, 90, true), show("b", 50, 10, false)], "a", None),
+        // b within tolerance (5 % of 100 = 5 cores) of its 71-core entitlement: no limit.
+        (vec![show("a", 20, 29, true), show("b", 50, 67, true)], "a", None),
+        // a below its entitlement of 28 while c starves: budget is the rest of its share.
+        (vec![show("a", 20, 10, true), show("b", 50, 80, true), show("c", 30, 5, true)], "a", Some(10)),
+        // A show with no subscription row is not limited.
+        (vec![show("b", 50, 10, true)], "x", None),
+    ];
+    for (shows, asking, expected) in cases {
+        let got = fair_budget(pool, &shows, asking, 0.05).map(|units| units / CORE);
+        assert_eq!(got, expected, "{asking} in {shows:?}");
+    }
+}
+
+#[test]
+fn entitlements_split_the_pool_by_size_among_demanding_shows() {
+    let shows = vec![show("a", 20, 0, true), show("b", 50, 0, true), show("c", 30, 0, false)];
+    let e = entitlements(140 * CORE, &shows, "a");
+    assert_eq!(e.get("a"), Some(&(40 * CORE)));
+    assert_eq!(e.get("b"), Some(&(100 * CORE)));
+    assert_eq!(e.get("c"), None);
+    // The asking show always counts.
+    let e = entitlements(100 * CORE, &shows, "c");
+    assert_eq!(e.get("c"), Some(&(30 * CORE)));
+}
+
+#[test]
+fn aging_moves_long_waiting_jobs_first_and_keeps_the_rest_in_order() {
+    let after = Duration::from_secs(60);
+    // (oldest waits in Cuebot's order, expected order)
+    let cases: &[(&[f64], &[usize])] = &[
+        (&[1.0, 2.0, 3.0], &[0, 1, 2]),
+        (&[1.0, 61.0, 3.0, 90.0], &[3, 1, 0, 2]),
+        (&[70.0, 70.0, 1.0], &[0, 1, 2]),
+        (&[], &[]),
+    ];
+    for (waits, expected) in cases {
+        assert_eq!(age_order(waits, after), expected.to_vec(), "{waits:?}");
+    }
+}
+
+fn hold(host: &str, layer: &str, seen: Instant) -> Hold {
+    Hold {
+        host_id: Arc::from(host),
+        host_name: host.into(),
+        layer_id: layer.into(),
+        layer_name: layer.into(),
+        job_id: "j".into(),
+        job_name: "j".into(),
+        frame_name: "0001-wide".into(),
+        need: need(16),
+        made_at: seen,
+        due: seen + Duration::from_secs(10),
+        seen,
+        checked: seen,
+    }
+}
+
+#[test]
+fn holds_are_one_per_host_and_layer_and_go_when_booked_or_unseen() {
+    let policy = Policy::new(PolicySettings { name: PolicyName::Smart, reservations_max: 2, ..PolicySettings::default() });
+    let t0 = Instant::now();
+    assert!(policy.hold(hold("h1", "L1", t0)));
+    assert!(!policy.hold(hold("h1", "L2", t0)), "host already held");
+    assert!(!policy.hold(hold("h2", "L1", t0)), "layer already holds a host");
+    assert!(!policy.may_try_hold("L1", t0), "a held layer does not try again");
+    assert!(policy.hold(hold("h2", "L2", t0)));
+    assert!(!policy.hold(hold("h3", "L3", t0)), "reservations_max");
+    policy.set_due("L2", t0 + Duration::from_secs(3), t0 + Duration::from_secs(1));
+    let l2 = policy.hold_of("L2").expect("L2 holds h2");
+    assert_eq!((l2.host_name.as_str(), l2.due, l2.checked), ("h2", t0 + Duration::from_secs(3), t0 + Duration::from_secs(1)));
+    assert_eq!(policy.holds().len(), 2);
+    assert_eq!(policy.booked("L1").map(|h| h.host_name), Some("h1".to_string()));
+    assert_eq!(policy.holds().len(), 1);
+    policy.seen("L2", t0 + Duration::from_secs(20));
+    assert!(policy.expire(t0 + Duration::from_secs(40), Duration::from_secs(30)).is_empty());
+    let gone = policy.expire(t0 + Duration::from_secs(51), Duration::from_secs(30));
+    assert_eq!(gone.len(), 1);
+    assert!(policy.holds().is_empty());
+}
+
+#[test]
+fn hold_attempts_are_rate_limited_per_layer() {
+    let policy = Policy::new(PolicySettings { name: PolicyName::Smart, ..PolicySettings::default() });
+    let t0 = Instant::now();
+    assert!(policy.may_try_hold("L", t0));
+    assert!(!policy.may_try_hold("L", t0 + Duration::from_millis(500)));
+    assert!(policy.may_try_hold("M", t0 + Duration::from_millis(500)));
+    assert!(policy.may_try_hold("L", t0 + Duration::from_millis(crate::limits::RESERVATION_RETRY_MS)));
+}
+
+#[test]
+fn budget_follows_demand_and_its_window() {
+    let policy = Policy::new(PolicySettings { name: PolicyName::Smart, demand_window: Duration::from_secs(3), ..PolicySettings::default() });
+    let t0 = Instant::now();
+    let row = |show: &str, size: i64, used: i64| SubscriptionRow {
+        alloc_id: "A".into(),
+        alloc_name: "lax.general".into(),
+        show_id: show.into(),
+        show_name: show.into(),
+        size: size * CORE,
+        used: used * CORE,
+    };
+    let rows = vec![row("small", 20, 90), row("big", 50, 10)];
+    policy.update_subscriptions(&rows, HashMap::from([("A".to_string(), 100 * CORE)]), t0);
+    // Nobody has shown demand: no limit.
+    assert_eq!(policy.budget("A", "small", t0), None);
+    policy.note_pass("A", "big", true, t0);
+    policy.note_pass("A", "small", true, t0);
+    assert_eq!(policy.budget("A", "small", t0 + Duration::from_secs(1)), Some(0));
+    // The demand lapses after the window.
+    assert_eq!(policy.budget("A", "small", t0 + Duration::from_secs(4)), None);
+    // Unknown pools are not limited.
+    assert_eq!(policy.budget("B", "small", t0), None);
+    let shares = policy.shares(t0 + Duration::from_secs(1));
+    let big = shares.iter().find(|s| s.show_name == "big").expect("big listed");
+    assert_eq!(big.entitled, 100 * CORE * 50 / 70);
+    assert!(big.demanding);
+}
+
+#[test]
+fn status_lines_round_trip_hostile_names() {
+    let policy = Policy::new(PolicySettings { name: PolicyName::Smart, ..PolicySettings::default() });
+    let t0 = Instant::now();
+    let mut h = hold("host 1", "L1", t0);
+    h.job_name = "job=odd %20 name\nwith newline é".into();
+    assert!(policy.hold(h.clone()));
+    let text = render_status(&policy, t0);
+    let holds: Vec<HashMap<String, String>> = text
+        .lines()
+        .filter_map(parse_line)
+        .filter(|(kind, _)| kind == "hold")
+        .map(|(_, fields)| fields)
+        .collect();
+    assert_eq!(holds.len(), 1, "{text}");
+    assert_eq!(holds[0]["host"], "host 1");
+    assert_eq!(holds[0]["job"], h.job_name);
+    assert_eq!(holds[0]["cores"], "16");
+    assert!(text.starts_with("policy name=smart\n"));
+    // Garbage parses to something or nothing, never panics.
+    for junk in ["", " ", "%", "hold %zz=%", "hold a=%e9%", "x é=%C3"] {
+        let _ = parse_line(junk);
+    }
+}
