@@ -505,3 +505,59 @@ fn unlaunchable_frames_first_in_order_do_not_starve_the_layer() {
     assert_eq!(bad_running, 0, "no unlaunchable frame stays booked");
     assert_eq!(db.violations(), Vec::<String>::new());
 }
+
+/// Serves a canned `/policy` page to `n` requests, as a running scheduler would.
+fn fake_policy_page(page: String, n: usize) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(n) {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf);
+            let answer = format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}", page.len());
+            let _ = stream.write_all(answer.as_bytes());
+        }
+    });
+    port
+}
+
+#[test]
+fn policy_section_names_the_share_the_hold_and_what_the_job_waits_for() {
+    let (db, mut farm, o) = farm("explain_policy");
+    // showa: 4 cores subscribed, 12 booked; showb: 12 subscribed, none booked, waiting work.
+    exec(&db, &format!("UPDATE subscription SET int_size = 400, int_cores = 1200 WHERE pk_show = '{}' AND pk_alloc = '{}'", o.show_id, o.general_alloc));
+    let showb = farm.show("showb", true).expect("show");
+    let folder = farm.folder(&showb, &o.dept_id, "showb").expect("folder");
+    farm.subscription(&showb, &o.general_alloc, 1200, 1600).expect("subscription");
+    let ids = farm.job(&simple_job(&o, "showa-job")).expect("job");
+    farm.job(&JobSpec { show_id: showb, show_name: "showb".into(), folder_id: folder, ..simple_job(&o, "showb-job") }).expect("job");
+    let layer_id = ids.layers["render"].clone();
+    let page = format!(
+        "policy name=smart\nhold host=gen-01 layer_id={layer_id} layer=render job_id={} job=showa-job frame=0001-render cores=8 held_for_s=4.0 due_in_s=12.5\n\
+         hold host=gen-02 layer_id=x layer=other job_id=someone-else job=other frame=0001-other cores=8 held_for_s=1.0 due_in_s=3.0\n",
+        ids.job_id
+    );
+    let mut config = config(&db);
+    config.scheduler.policy = "smart".into();
+    config.queue.metrics_port = fake_policy_page(page, 2);
+    config.queue.metrics_address = "127.0.0.1".into();
+    let out = explain_with(&config, "showa-job", None);
+    for expected in [
+        "scheduling policy smart",
+        "share on lax.general: 12 cores booked of 4 entitled (4 subscribed), 3.00 of its share; held to its share",
+        "reservation: host gen-01 held for frame 0001-render of layer render (8 cores) for 4 s; expected free in 12 s",
+        "waiting for: fair_share, reservation_pending",
+    ] {
+        assert!(out.0.contains(expected), "text lacks `{expected}`:\n{}", out.0);
+    }
+    assert!(!out.0.contains("gen-02 held"), "another job's hold is not shown:\n{}", out.0);
+    assert!(out.1.contains("\"waiting_for\":[\"fair_share\",\"reservation_pending\"]"), "{}", out.1);
+    // No scheduler answering: the holds are unknown, the share is still read from the database.
+    let mut config = config.clone();
+    config.queue.metrics_port = 1;
+    let out = explain_with(&config, "showa-job", None);
+    assert!(out.0.contains("reservations: unknown (no scheduler answered on 127.0.0.1:1"), "{}", out.0);
+    assert!(out.0.contains("waiting for: fair_share\n"), "{}", out.0);
+}
