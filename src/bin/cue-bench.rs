@@ -21,12 +21,15 @@ use std::sync::Arc;
 mod chaos;
 #[path = "cue-bench/instances.rs"]
 mod instances;
+#[path = "cue-bench/quality.rs"]
+mod quality;
 use std::time::{Duration, Instant};
 
 /// Benchmark the scheduler on the issue-4 workloads.
 #[derive(FromArgs)]
 struct Args {
-    /// workloads, comma-separated: drain, saturation, latency, scale, accounting, chaos (default drain,saturation,latency)
+    /// workloads, comma-separated: drain, saturation, latency, scale, accounting, chaos, failover,
+    /// quality (default drain,saturation,latency)
     #[argh(option, default = "String::from(\"drain,saturation,latency\")")]
     workload: String,
     /// scheduler processes on the same farm (drain and saturation); a list (1,3) runs each
@@ -39,7 +42,7 @@ struct Args {
     /// shrink every farm by this factor (CI uses 24: 50 hosts, 250 frames)
     #[argh(option, default = "1")]
     shrink: usize,
-    /// seconds before a run is given up
+    /// seconds before a run is given up (quality: seconds after its arrival window ends)
     #[argh(option, default = "120")]
     timeout_secs: u64,
     /// also print the N statements with the most execution time per run
@@ -51,6 +54,15 @@ struct Args {
     /// directory for configs and scheduler logs
     #[argh(option, default = "String::from(\"bench-out\")")]
     out: String,
+    /// quality: scheduling policies to compare (scheduler.policy), one run each (default legacy,smart)
+    #[argh(option, default = "String::from(\"legacy,smart\")")]
+    policies: String,
+    /// quality: seed of the jobs, their arrival times and every frame run (default 2026)
+    #[argh(option, default = "2026")]
+    quality_seed: u64,
+    /// quality: exit non-zero unless the smart policy meets its targets against legacy
+    #[argh(switch)]
+    assert_targets: bool,
 }
 
 struct Row {
@@ -107,6 +119,9 @@ fn run(args: &Args) -> Result<(), String> {
                 "accounting" => latency_lines.extend(accounting(args, &server, schema, &sql)?),
                 "chaos" => latency_lines.extend(chaos::run(args.chaos_secs, &args.out, &server, schema, &sql)?),
                 "failover" => latency_lines.extend(instances::failover(args, &server, schema, &sql)?),
+                // The quality runs always use the project schema: once, whatever --schema says.
+                "quality" if schema == "real" && args.schema == "both" => {}
+                "quality" => quality::run(args, &server)?,
                 _ => {
                     for n in instance_counts(args)? {
                         rows.push(throughput(args, &server, workload, schema, &sql, n)?);

@@ -442,3 +442,27 @@ impl Farm {
             .collect())
     }
 }
+
+impl Farm {
+    /// A `limit_record` (licence): at most `max` RUNNING frames over every attached layer;
+    /// `None` blocks it. Returns its id.
+    pub fn limit_record(&mut self, name: &str, max: Option<i32>) -> SeedResult<String> {
+        self.insert_returning_id(
+            "INSERT INTO limit_record (pk_limit_record, str_name, int_max_value) VALUES (gen_random_uuid()::text, $1, $2)
+             RETURNING pk_limit_record::text",
+            &[&name, &max],
+            "insert limit_record",
+        )
+    }
+
+    /// Attaches a layer to a limit (`layer_limit`).
+    pub fn layer_limit(&mut self, layer_id: &str, limit_id: &str) -> SeedResult<()> {
+        self.client
+            .execute(
+                "INSERT INTO layer_limit (pk_layer_limit, pk_layer, pk_limit_record) VALUES (gen_random_uuid()::text, $1, $2)",
+                &[&layer_id, &limit_id],
+            )
+            .map_err(sql_err("insert layer_limit"))?;
+        Ok(())
+    }
+}

@@ -33,6 +33,12 @@ fn tick(value: f64) -> String {
 
 /// Renders `series` against a left axis and, when given, a right axis.
 pub fn svg(title: &str, left_axis: Axis, right_axis: Option<Axis>, series: &[Series]) -> String {
+    svg_with_x(title, "time since start (s)", left_axis, right_axis, series)
+}
+
+/// As `svg`, with another label under the x axis (its values are still seconds, e.g. a
+/// distribution of waits).
+pub fn svg_with_x(title: &str, x_label: &str, left_axis: Axis, right_axis: Option<Axis>, series: &[Series]) -> String {
     let (width, height, left, right, top, bottom) = (900.0, 440.0, 70.0, 70.0, 50.0, 70.0);
     let plot_w = width - left - right;
     let plot_h = height - top - bottom;
@@ -65,7 +71,7 @@ pub fn svg(title: &str, left_axis: Axis, right_axis: Option<Axis>, series: &[Ser
         let x = width - 14.0;
         let _ = writeln!(out, r#"<text x="{x:.1}" y="{mid:.1}" text-anchor="middle" transform="rotate(90 {x:.1} {mid:.1})">{}</text>"#, escape(axis.label));
     }
-    let _ = writeln!(out, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">time since start (s)</text>"#, left + plot_w / 2.0, top + plot_h + 36.0);
+    let _ = writeln!(out, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#, left + plot_w / 2.0, top + plot_h + 36.0, escape(x_label));
     let mut legend_x = left;
     for s in series.iter() {
         let max = if s.side == Side::Left { left_max } else { right_max };
