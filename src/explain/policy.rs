@@ -5,7 +5,7 @@
 
 use super::{Obj, json_array, json_string};
 use crate::config::settings::Settings;
-use crate::matching::policy::{self, PolicyName, ShowUse};
+use crate::matching::policy::{self, PolicyName, Pool, ShowUse};
 use crate::model::CORE_UNITS_PER_CORE;
 use postgres::Client;
 use std::io::{Read, Write};
@@ -50,12 +50,13 @@ pub struct HoldLine {
 }
 
 /// The subscriptions on every pool the show subscribes to: (alloc id, alloc name, show id,
-/// size, cores, show has waiting work, the pool's open cores).
+/// size, cores, show has waiting work, the pool's open cores and idle cores).
 const SHARES_SQL: &str = "
     SELECT s.pk_alloc::text, a.str_name::text, s.pk_show::text, s.int_size::bigint, s.int_cores::bigint,
            EXISTS (SELECT 1 FROM job j JOIN job_stat js ON js.pk_job = j.pk_job
                    WHERE j.pk_show = s.pk_show AND j.str_state = 'PENDING' AND NOT j.b_paused AND js.int_waiting_count > 0),
-           (SELECT COALESCE(sum(h.int_cores), 0)::bigint FROM host h WHERE h.pk_alloc = s.pk_alloc AND h.str_lock_state = 'OPEN')
+           (SELECT COALESCE(sum(h.int_cores), 0)::bigint FROM host h WHERE h.pk_alloc = s.pk_alloc AND h.str_lock_state = 'OPEN'),
+           (SELECT COALESCE(sum(h.int_cores_idle), 0)::bigint FROM host h WHERE h.pk_alloc = s.pk_alloc AND h.str_lock_state = 'OPEN')
     FROM subscription s JOIN alloc a ON a.pk_alloc = s.pk_alloc
     WHERE s.pk_alloc IN (SELECT pk_alloc FROM subscription WHERE pk_show = $1)
     ORDER BY a.str_name, s.pk_show
@@ -84,27 +85,30 @@ pub fn diagnose(client: &mut Client, settings: &Settings, show_id: &str, job_id:
 fn read_shares(client: &mut Client, show_id: &str, tolerance: f64) -> Result<Vec<ShareLine>, String> {
     let rows = client.query(SHARES_SQL, &[&show_id]).map_err(super::db_err("read subscriptions"))?;
     // alloc id → (name, pool cores, shows)
-    let mut pools: Vec<(String, String, i64, Vec<ShowUse>)> = Vec::new();
+    let mut pools: Vec<(String, String, Pool, Vec<ShowUse>)> = Vec::new();
     for row in &rows {
         let get = |i: usize| -> Result<i64, String> { row.try_get::<_, i64>(i).map_err(|e| format!("read subscriptions: column {i}: {e}")) };
         let alloc: String = row.try_get(0).map_err(|e| format!("read subscriptions: {e}"))?;
         let name: String = row.try_get(1).map_err(|e| format!("read subscriptions: {e}"))?;
         let show: String = row.try_get(2).map_err(|e| format!("read subscriptions: {e}"))?;
         let demanding: bool = row.try_get(5).map_err(|e| format!("read subscriptions: {e}"))?;
-        let (size, used, pool) = (get(3)?, get(4)?, get(6)?);
+        let (size, used, pool) = (get(3)?, get(4)?, Pool { cores: get(6)?, idle: get(7)? });
         if pools.last().is_none_or(|p| p.0 != alloc) {
             pools.push((alloc.clone(), name, pool, Vec::new()));
         }
         if let Some(p) = pools.last_mut() {
-            p.3.push(ShowUse { show_id: show, size, used, demanding });
+            p.3.push(ShowUse { show_id: show, size, used, demanding, able: true });
         }
     }
     Ok(pools
         .into_iter()
         .filter_map(|(_, name, pool, shows)| {
             let mine = shows.iter().find(|s| s.show_id == show_id)?;
-            let entitled = policy::entitlements(pool, &shows, show_id).get(show_id).copied().unwrap_or(0);
-            let held_to_share = policy::fair_budget(pool, &shows, show_id, tolerance).is_some_and(|b| b < CORE_UNITS_PER_CORE);
+            let entitled = policy::entitlements(pool.cores, &shows, show_id).get(show_id).copied().unwrap_or(0);
+            // Roughly as the scheduler decides it: it also lifts the limit while cores sit idle
+            // if the short shows stopped booking, which a snapshot cannot tell.
+            let idle_left = pool.idle * 100 >= pool.cores * crate::limits::FAIR_SHARE_IDLE_LIFT_PERCENT;
+            let held_to_share = !idle_left && policy::fair_budget(pool.cores, &shows, show_id, tolerance).is_some_and(|b| b < CORE_UNITS_PER_CORE);
             Some(ShareLine { alloc: name, size: mine.size, used: mine.used, entitled, held_to_share })
         })
         .collect())

@@ -80,7 +80,7 @@ impl Default for PolicySettings {
         PolicySettings {
             name: PolicyName::Legacy,
             reservation_after: Duration::from_secs(10),
-            reservations_max: 32,
+            reservations_max: 8,
             runtime_estimate_default: Duration::from_secs(300),
             fair_share_window: Duration::from_secs(30),
             fair_share_tolerance: 0.05,
@@ -153,36 +153,55 @@ pub struct Candidate {
 /// Seconds until `need` fits on the host, running frames ending in estimated order; `None`
 /// when it never fits (the host's total is too small).
 pub fn frees_in(candidate: &Candidate, need: &Need, default_estimate_secs: f64) -> Option<f64> {
+    estimate_room(candidate, need, default_estimate_secs).map(|(secs, _)| secs)
+}
+
+/// Like `frees_in`, and whether the estimate rests on history only: `false` when a frame it
+/// waits for has no runtime history (the default estimate stood in) or the listed frames do
+/// not account for the room. Only a certain estimate opens a backfill window.
+pub fn estimate_room(candidate: &Candidate, need: &Need, default_estimate_secs: f64) -> Option<(f64, bool)> {
     if !need.fits_in(&candidate.total) {
         return None;
     }
     let mut room = candidate.idle;
     if need.fits_in(&room) {
-        return Some(0.0);
+        return Some((0.0, true));
     }
     let mut ending: Vec<&Running> = candidate.running.iter().collect();
     ending.sort_by(|a, b| a.remaining_secs(default_estimate_secs).total_cmp(&b.remaining_secs(default_estimate_secs)));
+    let mut certain = true;
     for frame in ending {
         room.add(&frame.held);
+        certain &= frame.estimate_secs.is_some();
         if need.fits_in(&room) {
-            return Some(frame.remaining_secs(default_estimate_secs));
+            return Some((frame.remaining_secs(default_estimate_secs), certain));
         }
     }
     // The running frames the database listed do not account for the room (other bookers,
     // stale idle values): assume the longest wait.
-    Some(default_estimate_secs)
+    Some((default_estimate_secs, false))
+}
+
+/// Until when other layers may backfill a host held from `now` whose room is estimated as
+/// `(secs, certain)`: the estimate when it rests on history, else not at all (`now`), so a hold
+/// made on guesses drains its host rather than let frames in on a guessed window.
+pub fn backfill_until(now: Instant, (secs, certain): (f64, bool)) -> Instant {
+    if !certain || !secs.is_finite() {
+        return now;
+    }
+    now.checked_add(Duration::from_secs_f64(secs.clamp(0.0, 1e7))).unwrap_or(now)
 }
 
 /// The candidate that frees soonest for `need`, and in how many seconds; ties go to the
 /// smaller host (a whole 32-core host is not held for a 16-core frame if a 16-core host frees
 /// as soon).
-pub fn choose_host(candidates: &[Candidate], need: &Need, default_estimate_secs: f64) -> Option<(usize, f64)> {
+pub fn choose_host(candidates: &[Candidate], need: &Need, default_estimate_secs: f64) -> Option<(usize, (f64, bool))> {
     candidates
         .iter()
         .enumerate()
-        .filter_map(|(i, c)| frees_in(c, need, default_estimate_secs).map(|secs| (i, secs, c.total.cores)))
-        .min_by(|a, b| a.1.total_cmp(&b.1).then(a.2.cmp(&b.2)))
-        .map(|(i, secs, _)| (i, secs))
+        .filter_map(|(i, c)| estimate_room(c, need, default_estimate_secs).map(|room| (i, room, c.total.cores)))
+        .min_by(|a, b| a.1 .0.total_cmp(&b.1 .0).then(a.2.cmp(&b.2)))
+        .map(|(i, room, _)| (i, room))
 }
 
 /// Whether a frame of a layer with this runtime estimate may book on a host held until `due`:
@@ -205,6 +224,10 @@ pub struct ShowUse {
     pub used: i64,
     /// It had frames left unbooked in a recent pass.
     pub demanding: bool,
+    /// It can use freed cores: it booked in a recent pass, or the pool has no idle room to
+    /// speak of. A show short of its share whose waiting frames fit nowhere (and that leaves
+    /// idle cores idle) does not hold the others back.
+    pub able: bool,
 }
 
 /// Each demanding show's entitlement on a pool of `pool_cores`: its share by subscription size
@@ -230,7 +253,7 @@ pub fn fair_budget(pool_cores: i64, shows: &[ShowUse], show: &str, tolerance: f6
     let slack = (pool_cores as f64 * tolerance.max(0.0)) as i64;
     let starved = shows
         .iter()
-        .filter(|s| s.show_id != show && s.demanding)
+        .filter(|s| s.show_id != show && s.demanding && s.able)
         .any(|s| entitled.get(&s.show_id).is_some_and(|e| s.used + slack < *e));
     if !starved {
         return None;
@@ -271,6 +294,8 @@ pub struct Hold {
     pub made_at: Instant,
     /// When the host is expected to have room for the frame.
     pub due: Instant,
+    /// Other layers may book on the host only if expected to end by then (`backfill_until`).
+    pub backfill_until: Instant,
     /// The last pass that saw the layer still waiting.
     pub seen: Instant,
     /// When `due` was last estimated (it is re-estimated as runtime history grows).
@@ -295,7 +320,7 @@ impl HoldCheck<'_> {
         match self.holds.get(host_id) {
             None => true,
             Some(hold) if hold.layer_id == self.layer_id => true,
-            Some(hold) => backfill_ok(self.now, hold.due, self.estimate_secs),
+            Some(hold) => backfill_ok(self.now, hold.backfill_until, self.estimate_secs),
         }
     }
 }
@@ -310,6 +335,7 @@ struct ShowState {
     /// Decayed used ÷ entitlement, for the gauge and `explain`.
     share: f64,
     last_demand: Option<Instant>,
+    last_booked: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -321,9 +347,16 @@ struct State {
     estimates: HashMap<String, (Option<f64>, Instant)>,
     /// (alloc id, show id) → state.
     shows: HashMap<(String, String), ShowState>,
-    /// Alloc id → cores of its open hosts.
-    pools: HashMap<String, i64>,
+    /// Alloc id → cores of its open hosts, and how many of them are idle.
+    pools: HashMap<String, Pool>,
     last_decay: Option<Instant>,
+}
+
+/// One allocation's open hosts, core units.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pool {
+    pub cores: i64,
+    pub idle: i64,
 }
 
 /// One subscription as read for fair share (core units).
@@ -412,12 +445,13 @@ impl Policy {
         self.state.lock().holds.values().find(|h| h.layer_id == layer_id).cloned()
     }
 
-    /// A new estimate of when the layer's held host has room.
-    pub fn set_due(&self, layer_id: &str, due: Instant, now: Instant) {
+    /// A new estimate of when the layer's held host has room, and of its backfill window.
+    pub fn set_due(&self, layer_id: &str, due: Instant, backfill_until: Instant, now: Instant) {
         let mut state = self.state.lock();
         let mut holds = (*state.holds).clone();
         for hold in holds.values_mut().filter(|h| h.layer_id == layer_id) {
             hold.due = due;
+            hold.backfill_until = backfill_until;
             hold.checked = now;
         }
         state.holds = Arc::new(holds);
@@ -486,19 +520,25 @@ impl Policy {
         }
     }
 
-    /// A pass of `show` on the pool left frames unbooked (`unmet`) or not.
-    pub fn note_pass(&self, alloc_id: &str, show_id: &str, unmet: bool, now: Instant) {
-        if !unmet {
+    /// A pass of `show` on the pool left frames unbooked (`unmet`) or not, and booked some or
+    /// not.
+    pub fn note_pass(&self, alloc_id: &str, show_id: &str, unmet: bool, booked: bool, now: Instant) {
+        if !unmet && !booked {
             return;
         }
         let mut state = self.state.lock();
         if let Some(s) = state.shows.get_mut(&(alloc_id.to_string(), show_id.to_string())) {
-            s.last_demand = Some(now);
+            if unmet {
+                s.last_demand = Some(now);
+            }
+            if booked {
+                s.last_booked = Some(now);
+            }
         }
     }
 
     /// Installs a fresh read of the subscriptions and each pool's cores. Decays the share signal.
-    pub fn update_subscriptions(&self, rows: &[SubscriptionRow], pools: HashMap<String, i64>, now: Instant) {
+    pub fn update_subscriptions(&self, rows: &[SubscriptionRow], pools: HashMap<String, Pool>, now: Instant) {
         let mut state = self.state.lock();
         let elapsed = state.last_decay.map_or(0.0, |t| now.duration_since(t).as_secs_f64());
         state.last_decay = Some(now);
@@ -516,7 +556,8 @@ impl Policy {
                     size: row.size,
                     used: row.used,
                     share: previous.as_ref().map_or(0.0, |p| p.share),
-                    last_demand: previous.and_then(|p| p.last_demand),
+                    last_demand: previous.as_ref().and_then(|p| p.last_demand),
+                    last_booked: previous.and_then(|p| p.last_booked),
                 },
             );
         }
@@ -539,7 +580,7 @@ impl Policy {
     /// The fair-share budget of `show` on `alloc` now (see `fair_budget`).
     pub fn budget(&self, alloc_id: &str, show_id: &str, now: Instant) -> Option<i64> {
         let state = self.state.lock();
-        let pool = *state.pools.get(alloc_id)?;
+        let pool = state.pools.get(alloc_id)?.cores;
         let shows = shows_of(&state, alloc_id, self.demand_window(), now);
         fair_budget(pool, &shows, show_id, self.settings.fair_share_tolerance)
     }
@@ -640,6 +681,10 @@ pub fn parse_line(line: &str) -> Option<(String, HashMap<String, String>)> {
 }
 
 fn shows_of(state: &State, alloc_id: &str, window: Duration, now: Instant) -> Vec<ShowUse> {
+    let recent = |t: Option<Instant>| t.is_some_and(|t| now.saturating_duration_since(t) <= window);
+    // Work conservation: with a good part of the pool idle, only a show that still books
+    // counts as able to use more.
+    let idle_room = state.pools.get(alloc_id).is_some_and(|p| p.idle * 100 >= p.cores * crate::limits::FAIR_SHARE_IDLE_LIFT_PERCENT);
     let mut shows: Vec<ShowUse> = state
         .shows
         .iter()
@@ -648,7 +693,8 @@ fn shows_of(state: &State, alloc_id: &str, window: Duration, now: Instant) -> Ve
             show_id: show.clone(),
             size: s.size,
             used: s.used,
-            demanding: s.last_demand.is_some_and(|t| now.duration_since(t) <= window),
+            demanding: recent(s.last_demand),
+            able: !idle_room || recent(s.last_booked),
         })
         .collect();
     shows.sort_by(|a, b| a.show_id.cmp(&b.show_id));
@@ -658,6 +704,7 @@ fn shows_of(state: &State, alloc_id: &str, window: Duration, now: Instant) -> Ve
 fn views_of(state: &State, window: Duration, now: Instant) -> Vec<ShareView> {
     let mut out = Vec::new();
     for (alloc, pool) in &state.pools {
+        let pool = &pool.cores;
         let shows = shows_of(state, alloc, window, now);
         for show in &shows {
             let entitled = entitlements(*pool, &shows, &show.show_id).get(&show.show_id).copied().unwrap_or(0);

@@ -57,10 +57,10 @@ fn choose_host_takes_the_host_that_frees_soonest() {
         // Too small.
         host(8, 8, vec![]),
     ];
-    assert_eq!(choose_host(&candidates, &need(16), 300.0), Some((1, 5.0)));
+    assert_eq!(choose_host(&candidates, &need(16), 300.0), Some((1, (5.0, true))));
     // Ties go to the smaller host.
     let tie = vec![host(32, 16, vec![]), host(16, 16, vec![])];
-    assert_eq!(choose_host(&tie, &need(16), 300.0), Some((1, 0.0)));
+    assert_eq!(choose_host(&tie, &need(16), 300.0), Some((1, (0.0, true))));
     assert_eq!(choose_host(&[host(8, 8, vec![])], &need(16), 300.0), None);
 }
 
@@ -69,6 +69,27 @@ fn only_wide_or_gpu_frames_are_worth_a_hold() {
     assert!(!worth_holding(&need(1)));
     assert!(worth_holding(&need(2)));
     assert!(worth_holding(&Need { gpus: 1, ..need(1) }));
+}
+
+#[test]
+fn only_an_estimate_from_history_opens_a_backfill_window() {
+    let now = Instant::now();
+    // (running frames (cores, elapsed, estimate), need, expected window in seconds)
+    let cases: &[(&[(i64, f64, Option<f64>)], i64, f64)] = &[
+        // Both frames it waits for have history: the window is their estimate.
+        (&[(8, 2.0, Some(12.0)), (8, 0.0, Some(5.0))], 16, 10.0),
+        // One of them has none: no window (the host drains).
+        (&[(8, 2.0, None), (8, 0.0, Some(5.0))], 16, 0.0),
+        // The frame without history is not one it waits for.
+        (&[(8, 2.0, Some(4.0)), (8, 0.0, None)], 8, 2.0),
+    ];
+    for (frames, cores, window) in cases {
+        let frames: Vec<Running> = frames.iter().map(|(c, e, est)| running(*c, *e, *est)).collect();
+        let candidate = host(16, 0, frames);
+        let room = estimate_room(&candidate, &need(*cores), 300.0).expect("fits the host");
+        let until = backfill_until(now, room);
+        assert_eq!((until - now).as_secs_f64().round(), *window, "{cases:?}");
+    }
 }
 
 #[test]
@@ -93,7 +114,7 @@ fn backfill_only_ends_before_the_hold_is_due() {
 }
 
 fn show(id: &str, size: i64, used: i64, demanding: bool) -> ShowUse {
-    ShowUse { show_id: id.into(), size: size * CORE, used: used * CORE, demanding }
+    ShowUse { show_id: id.into(), size: size * CORE, used: used * CORE, demanding, able: true }
 }
 
 #[test]
@@ -160,6 +181,7 @@ fn hold(host: &str, layer: &str, seen: Instant) -> Hold {
         need: need(16),
         made_at: seen,
         due: seen + Duration::from_secs(10),
+        backfill_until: seen + Duration::from_secs(10),
         seen,
         checked: seen,
     }
@@ -175,7 +197,7 @@ fn holds_are_one_per_host_and_layer_and_go_when_booked_or_unseen() {
     assert!(!policy.may_try_hold("L1", t0), "a held layer does not try again");
     assert!(policy.hold(hold("h2", "L2", t0)));
     assert!(!policy.hold(hold("h3", "L3", t0)), "reservations_max");
-    policy.set_due("L2", t0 + Duration::from_secs(3), t0 + Duration::from_secs(1));
+    policy.set_due("L2", t0 + Duration::from_secs(3), t0 + Duration::from_secs(2), t0 + Duration::from_secs(1));
     let l2 = policy.hold_of("L2").expect("L2 holds h2");
     assert_eq!((l2.host_name.as_str(), l2.due, l2.checked), ("h2", t0 + Duration::from_secs(3), t0 + Duration::from_secs(1)));
     assert_eq!(policy.holds().len(), 2);
@@ -211,17 +233,28 @@ fn budget_follows_demand_and_its_window() {
         used: used * CORE,
     };
     let rows = vec![row("small", 20, 90), row("big", 50, 10)];
-    policy.update_subscriptions(&rows, HashMap::from([("A".to_string(), 100 * CORE)]), t0);
+    policy.update_subscriptions(&rows, HashMap::from([("A".to_string(), Pool { cores: 100 * CORE, idle: 0 })]), t0);
     // Nobody has shown demand: no limit.
     assert_eq!(policy.budget("A", "small", t0), None);
-    policy.note_pass("A", "big", true, t0);
-    policy.note_pass("A", "small", true, t0);
+    policy.note_pass("A", "big", true, false, t0);
+    policy.note_pass("A", "small", true, false, t0);
     assert_eq!(policy.budget("A", "small", t0 + Duration::from_secs(1)), Some(0));
     // The demand lapses after the window.
     assert_eq!(policy.budget("A", "small", t0 + Duration::from_secs(4)), None);
     // Unknown pools are not limited.
     assert_eq!(policy.budget("B", "small", t0), None);
-    let shares = policy.shares(t0 + Duration::from_secs(1));
+    // Nor is a pool with idle cores left over (the short show cannot use them).
+    policy.note_pass("A", "big", true, false, t0 + Duration::from_secs(5));
+    policy.note_pass("A", "small", true, false, t0 + Duration::from_secs(5));
+    assert_eq!(policy.budget("A", "small", t0 + Duration::from_secs(5)), Some(0));
+    // With idle room, the short show holds the other back only while it still books.
+    let idle = Pool { cores: 100 * CORE, idle: crate::limits::FAIR_SHARE_IDLE_LIFT_PERCENT * CORE };
+    let t5 = t0 + Duration::from_secs(5);
+    policy.update_subscriptions(&rows, HashMap::from([("A".to_string(), idle)]), t5);
+    assert_eq!(policy.budget("A", "small", t5), None, "big books nothing: its frames fit nowhere");
+    policy.note_pass("A", "big", true, true, t5);
+    assert_eq!(policy.budget("A", "small", t5), Some(0), "big books what frees");
+    let shares = policy.shares(t0 + Duration::from_secs(6));
     let big = shares.iter().find(|s| s.show_name == "big").expect("big listed");
     assert_eq!(big.entitled, 100 * CORE * 50 / 70);
     assert!(big.demanding);

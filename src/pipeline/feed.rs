@@ -9,7 +9,7 @@ use crate::db::{self, DbError};
 use crate::model::Cluster;
 use crate::pipeline::pass::{Pass, PassResult};
 use crate::db::queries;
-use crate::matching::policy::SubscriptionRow;
+use crate::matching::policy::{Pool, SubscriptionRow};
 use crossbeam::channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender};
 use postgres::{Client, Statement};
 use std::collections::{HashMap, HashSet};
@@ -570,7 +570,7 @@ fn sleep_after(result: &PassResult, empty_sleep: Duration, saturated_sleep: Dura
 /// Subscriptions with their allocation and show names (core units), and each allocation's
 /// cores on open hosts: the inputs of fair share. At most 10,000 subscriptions are read (a
 /// farm has tens).
-fn read_subscriptions(client: &mut Client) -> Result<(Vec<SubscriptionRow>, HashMap<String, i64>), DbError> {
+fn read_subscriptions(client: &mut Client) -> Result<(Vec<SubscriptionRow>, HashMap<String, Pool>), DbError> {
     const CTX: &str = "read subscriptions";
     let rows = client
         .query(
@@ -592,11 +592,15 @@ fn read_subscriptions(client: &mut Client) -> Result<(Vec<SubscriptionRow>, Hash
         });
     }
     let pools = client
-        .query("SELECT pk_alloc::text, COALESCE(sum(int_cores), 0)::bigint FROM host WHERE str_lock_state = 'OPEN' GROUP BY pk_alloc", &[])
+        .query(
+            "SELECT pk_alloc::text, COALESCE(sum(int_cores), 0)::bigint, COALESCE(sum(int_cores_idle), 0)::bigint
+             FROM host WHERE str_lock_state = 'OPEN' GROUP BY pk_alloc",
+            &[],
+        )
         .map_err(DbError::query(CTX))?;
     let mut cores = HashMap::with_capacity(pools.len());
     for row in &pools {
-        cores.insert(queries::col::<String>(row, 0, CTX)?, queries::col::<i64>(row, 1, CTX)?);
+        cores.insert(queries::col::<String>(row, 0, CTX)?, Pool { cores: queries::col(row, 1, CTX)?, idle: queries::col(row, 2, CTX)? });
     }
     Ok((out, cores))
 }

@@ -528,6 +528,8 @@ fn policy_section_names_the_share_the_hold_and_what_the_job_waits_for() {
     let (db, mut farm, o) = farm("explain_policy");
     // showa: 4 cores subscribed, 12 booked; showb: 12 subscribed, none booked, waiting work.
     exec(&db, &format!("UPDATE subscription SET int_size = 400, int_cores = 1200 WHERE pk_show = '{}' AND pk_alloc = '{}'", o.show_id, o.general_alloc));
+    // The pool is busy (fair share is not enforced while cores sit idle).
+    exec(&db, "UPDATE host SET int_cores_idle = 0");
     let showb = farm.show("showb", true).expect("show");
     let folder = farm.folder(&showb, &o.dept_id, "showb").expect("folder");
     farm.subscription(&showb, &o.general_alloc, 1200, 1600).expect("subscription");

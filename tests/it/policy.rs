@@ -109,12 +109,12 @@ fn a_held_host_drains_for_the_wide_frame_where_legacy_refills_it() {
     assert_eq!(narrow, 4, "legacy refills the freed host with narrow frames");
 }
 
-/// showb with its subscription, and a job of 20 one-core frames for it (not submitted).
+/// showb with its subscription, and a job of 60 one-core frames for it (not submitted).
 fn second_show(farm: &mut cue_scheduler::sim::farm::Farm, org: &Org, size: i64, burst: i64) -> JobSpec {
     let show_id = farm.show("showb", true).expect("show");
     let folder_id = farm.folder(&show_id, &org.dept_id, "showb").expect("folder");
     farm.subscription(&show_id, &org.general_alloc, size, burst).expect("subscription");
-    let mut layer = LayerSpec::new("render", "1-20", "general");
+    let mut layer = LayerSpec::new("render", "1-60", "general");
     layer.mem_min_kib = GIB;
     JobSpec { show_id, show_name: "showb".into(), folder_id, ..job(org, "showb-job", vec![layer]) }
 }
@@ -123,22 +123,23 @@ fn second_show(farm: &mut cue_scheduler::sim::farm::Farm, org: &Org, size: i64, 
 fn a_show_over_its_share_leaves_freed_cores_to_a_show_short_of_its_own() {
     let db = TestDb::new("policy_fair", Schema::Project).expect("db");
     let mut f = db.farm();
-    // showa: size 2 cores; showb: size 6 cores; both may burst to the whole 8-core pool.
-    let org = org(&mut f, 800);
-    f.client.execute("UPDATE subscription SET int_size = 200 WHERE pk_show = $1", &[&org.show_id]).expect("size");
+    // showa: 16 cores subscribed; showb: 48; both may burst to the whole 64-core pool (one
+    // freed core is under 5 % of it: fair share holds).
+    let org = org(&mut f, 6_400);
+    f.client.execute("UPDATE subscription SET int_size = 1600 WHERE pk_show = $1", &[&org.show_id]).expect("size");
     let names: Vec<String> = (0..2).map(|i| loopback_address(93, i)).collect();
-    f.hosts(&names.iter().map(|n| host(n, &org.general_alloc, "general", 4, 16)).collect::<Vec<_>>()).expect("hosts");
-    let mut layer = LayerSpec::new("render", "1-20", "general");
+    f.hosts(&names.iter().map(|n| host(n, &org.general_alloc, "general", 32, 64)).collect::<Vec<_>>()).expect("hosts");
+    let mut layer = LayerSpec::new("render", "1-100", "general");
     layer.mem_min_kib = GIB;
     f.job(&job(&org, "showa-job", vec![layer])).expect("showa job");
     // showb's subscription exists from the start (clusters are discovered at start-up), its
     // job comes once showa fills the pool.
-    let showb = second_show(&mut f, &org, 600, 800);
+    let showb = second_show(&mut f, &org, 4_800, 6_400);
     let rqd = FakeRqd::start(&names).expect("fake rqd");
     let mut settings = support::settings(&db, rqd.port);
     settings.scheduling.name = PolicyName::Smart;
     let pipeline = Pipeline::start(settings, Arc::new(Metrics::new())).expect("start");
-    assert!(wait_for(Duration::from_secs(10), || rqd.launch_count() == 8), "showa alone takes the whole pool");
+    assert!(wait_for(Duration::from_secs(20), || rqd.launch_count() == 64), "showa alone takes the whole pool");
     f.job(&showb).expect("showb job");
     // Let showb's passes find no room (its demand is noted) and the subscriptions be re-read.
     std::thread::sleep(Duration::from_millis(2_500));
@@ -146,8 +147,8 @@ fn a_show_over_its_share_leaves_freed_cores_to_a_show_short_of_its_own() {
     let running = |client: &mut postgres::Client, show: &str| {
         count(client, &format!("SELECT count(*) FROM frame f JOIN job j ON j.pk_job = f.pk_job JOIN show s ON s.pk_show = j.pk_show WHERE f.str_state = 'RUNNING' AND s.str_name = '{show}'"))
     };
-    // Finish showa's frames one at a time: each freed core goes to showb until it has its 6.
-    for launch in rqd.launches().into_iter().take(6) {
+    // Finish ten of showa's frames one at a time: each freed core goes to showb, short of its 48.
+    for launch in rqd.launches().into_iter().take(10) {
         let done = Completion { exit_status: 0, run_secs: 1, max_rss_kib: 0 };
         complete_frame(&mut client, launch.run_frame.get_frame_id(), launch.run_frame.get_resource_id(), done).expect("complete");
         let before = rqd.launch_count();
@@ -159,7 +160,7 @@ fn a_show_over_its_share_leaves_freed_cores_to_a_show_short_of_its_own() {
     let limited = pipeline.ctx.metrics.fair_share_limited_total.get();
     pipeline.shutdown(Duration::from_secs(5));
     assert_eq!(db.violations(), Vec::<String>::new());
-    assert_eq!(a + b, 8, "the pool stays full");
-    assert!(b >= 5, "showb (entitled to 6 of 8 cores) got the freed cores: showa {a}, showb {b}");
+    assert_eq!(a + b, 64, "the pool stays full");
+    assert!(b >= 9, "showb (entitled to 48 of 64 cores) got the freed cores: showa {a}, showb {b}");
     assert!(limited > 0, "showa's passes were held to its share");
 }

@@ -58,7 +58,8 @@ pub(super) fn consider(ctx: &Context, state: &LayerState, now: Instant) {
         }
     };
     let default_secs = settings.runtime_estimate_default.as_secs_f64();
-    let Some((index, secs)) = policy::choose_host(&candidates, &need, default_secs) else { return };
+    let Some((index, room)) = policy::choose_host(&candidates, &need, default_secs) else { return };
+    let secs = room.0;
     let host = &hosts[index];
     let hold = Hold {
         host_id: Arc::clone(&host.id),
@@ -71,6 +72,7 @@ pub(super) fn consider(ctx: &Context, state: &LayerState, now: Instant) {
         need,
         made_at: now,
         due: due_after(now, secs),
+        backfill_until: policy::backfill_until(now, room),
         seen: now,
         checked: now,
     };
@@ -109,7 +111,7 @@ pub(super) fn refresh(ctx: &Context, layer_id: &str, now: Instant) {
         return;
     };
     let secs = match read_candidates(ctx, std::slice::from_ref(&host), now) {
-        Ok(candidates) => candidates.first().and_then(|c| policy::frees_in(c, &hold.need, ctx.policy.settings.runtime_estimate_default.as_secs_f64())),
+        Ok(candidates) => candidates.first().and_then(|c| policy::estimate_room(c, &hold.need, ctx.policy.settings.runtime_estimate_default.as_secs_f64())),
         Err(e) => {
             ctx.count_error("policy");
             debug!("cannot re-estimate the hold on {}: {e}", hold.host_name);
@@ -117,7 +119,7 @@ pub(super) fn refresh(ctx: &Context, layer_id: &str, now: Instant) {
         }
     };
     match secs {
-        Some(secs) => ctx.policy.set_due(layer_id, due_after(now, secs), now),
+        Some(room) => ctx.policy.set_due(layer_id, due_after(now, room.0), policy::backfill_until(now, room), now),
         None => {
             ctx.policy.booked(layer_id);
             ctx.metrics.reservations_total.with_label_values(&["expired"]).inc();
