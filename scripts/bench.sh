@@ -5,6 +5,8 @@
 #   scripts/bench.sh --workload scale        # 10,000 hosts, 100,000 frames
 #   scripts/bench.sh --instances 3 --workload drain,saturation
 #   scripts/bench.sh --shrink 24             # tiny farms (CI)
+#   scripts/bench.sh --workload quality      # the farm simulator: legacy vs smart policy
+#   scripts/bench.sh --workload quality --shrink 4 --assert-targets
 #
 # It always starts its own throwaway PostgreSQL with pg_stat_statements preloaded (set
 # BENCH_DATABASE_URL to use a server you prepared the same way). Release build unless

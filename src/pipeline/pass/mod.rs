@@ -147,9 +147,11 @@ fn after_pass(ctx: &Context, pass: &Pass, plans: &[JobPlan], booked: bool) {
     if let Some(alloc) = &pass.cluster.alloc_id {
         ctx.policy.note_pass(alloc, &pass.cluster.show_id, !left.is_empty(), booked, now);
     }
+    // A show held to its fair share does not hold hosts for frames it may not book.
+    let fair_room = pass.fair_budget.as_ref().map_or(i64::MAX, |b| b.load(Ordering::SeqCst));
     for state in left {
         ctx.policy.seen(&state.work.layer.id, now);
-        if !state.matched && !state.saw_reserved {
+        if !state.matched && !state.saw_reserved && fair_room >= min_frame_units(state.work) {
             reserve::refresh(ctx, &state.work.layer.id, now);
             reserve::consider(ctx, state, now);
         }
