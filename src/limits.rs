@@ -289,10 +289,11 @@ pub const RUNTIME_ESTIMATE_MAX_AGE_MS: u64 = 10_000;
 /// Layers the policy remembers (estimates, hold attempts) before old entries are dropped.
 pub const POLICY_LAYERS_TRACKED_MAX: usize = 20_000;
 
-/// While at least this percentage of a pool's cores is idle, a show short of its fair share
-/// holds the others back only if it still books (its waiting frames fit somewhere); one whose
-/// frames fit nowhere would only leave the farm idle.
-pub const FAIR_SHARE_IDLE_LIFT_PERCENT: i64 = 5;
+/// Fair share is enforced only while less than this percentage of a pool's cores is idle:
+/// it protects a full pool's freed cores for the shows short of their share; cores that stay
+/// idle show those shows could not use them, and holding the others back would idle the farm.
+/// Above the churn of releases being rebooked (1–3 % on the quality farm).
+pub const FAIR_SHARE_IDLE_LIFT_PERCENT: i64 = 3;
 
 /// Subscriptions (size, booked cores) and pool sizes are re-read this often for fair share.
 pub const FAIR_SHARE_REFRESH_MS: u64 = 1_000;

@@ -80,7 +80,7 @@ impl Default for PolicySettings {
         PolicySettings {
             name: PolicyName::Legacy,
             reservation_after: Duration::from_secs(10),
-            reservations_max: 8,
+            reservations_max: 16,
             runtime_estimate_default: Duration::from_secs(300),
             fair_share_window: Duration::from_secs(30),
             fair_share_tolerance: 0.05,
@@ -224,9 +224,8 @@ pub struct ShowUse {
     pub used: i64,
     /// It had frames left unbooked in a recent pass.
     pub demanding: bool,
-    /// It can use freed cores: it booked in a recent pass, or the pool has no idle room to
-    /// speak of. A show short of its share whose waiting frames fit nowhere (and that leaves
-    /// idle cores idle) does not hold the others back.
+    /// It can use freed cores: the pool has no idle room to speak of. While cores sit idle,
+    /// the shows short of their share could not use them, and nobody is held back.
     pub able: bool,
 }
 
@@ -682,8 +681,8 @@ pub fn parse_line(line: &str) -> Option<(String, HashMap<String, String>)> {
 
 fn shows_of(state: &State, alloc_id: &str, window: Duration, now: Instant) -> Vec<ShowUse> {
     let recent = |t: Option<Instant>| t.is_some_and(|t| now.saturating_duration_since(t) <= window);
-    // Work conservation: with a good part of the pool idle, only a show that still books
-    // counts as able to use more.
+    // Work conservation: fair share protects a full pool's freed cores; with part of the pool
+    // idle, the short shows had their chance and could not use it.
     let idle_room = state.pools.get(alloc_id).is_some_and(|p| p.idle * 100 >= p.cores * crate::limits::FAIR_SHARE_IDLE_LIFT_PERCENT);
     let mut shows: Vec<ShowUse> = state
         .shows
@@ -694,7 +693,7 @@ fn shows_of(state: &State, alloc_id: &str, window: Duration, now: Instant) -> Ve
             size: s.size,
             used: s.used,
             demanding: recent(s.last_demand),
-            able: !idle_room || recent(s.last_booked),
+            able: !idle_room,
         })
         .collect();
     shows.sort_by(|a, b| a.show_id.cmp(&b.show_id));

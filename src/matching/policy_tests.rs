@@ -247,13 +247,14 @@ fn budget_follows_demand_and_its_window() {
     policy.note_pass("A", "big", true, false, t0 + Duration::from_secs(5));
     policy.note_pass("A", "small", true, false, t0 + Duration::from_secs(5));
     assert_eq!(policy.budget("A", "small", t0 + Duration::from_secs(5)), Some(0));
-    // With idle room, the short show holds the other back only while it still books.
-    let idle = Pool { cores: 100 * CORE, idle: crate::limits::FAIR_SHARE_IDLE_LIFT_PERCENT * CORE };
+    // With idle room left over, nobody is held back (the short show could not use it).
     let t5 = t0 + Duration::from_secs(5);
+    let almost = Pool { cores: 100 * CORE, idle: (crate::limits::FAIR_SHARE_IDLE_LIFT_PERCENT - 1) * CORE };
+    policy.update_subscriptions(&rows, HashMap::from([("A".to_string(), almost)]), t5);
+    assert_eq!(policy.budget("A", "small", t5), Some(0), "a release's worth of idle cores is protected");
+    let idle = Pool { cores: 100 * CORE, idle: crate::limits::FAIR_SHARE_IDLE_LIFT_PERCENT * CORE };
     policy.update_subscriptions(&rows, HashMap::from([("A".to_string(), idle)]), t5);
-    assert_eq!(policy.budget("A", "small", t5), None, "big books nothing: its frames fit nowhere");
-    policy.note_pass("A", "big", true, true, t5);
-    assert_eq!(policy.budget("A", "small", t5), Some(0), "big books what frees");
+    assert_eq!(policy.budget("A", "small", t5), None, "cores left idle: big could not use them");
     let shares = policy.shares(t0 + Duration::from_secs(6));
     let big = shares.iter().find(|s| s.show_name == "big").expect("big listed");
     assert_eq!(big.entitled, 100 * CORE * 50 / 70);
