@@ -105,8 +105,7 @@ fn read_shares(client: &mut Client, show_id: &str, tolerance: f64) -> Result<Vec
         .filter_map(|(_, name, pool, shows)| {
             let mine = shows.iter().find(|s| s.show_id == show_id)?;
             let entitled = policy::entitlements(pool.cores, &shows, show_id).get(show_id).copied().unwrap_or(0);
-            // Roughly as the scheduler decides it: it also lifts the limit while cores sit idle
-            // if the short shows stopped booking, which a snapshot cannot tell.
+            // As the scheduler decides it: no limit while cores sit idle.
             let idle_left = pool.idle * 100 >= pool.cores * crate::limits::FAIR_SHARE_IDLE_LIFT_PERCENT;
             let held_to_share = !idle_left && policy::fair_budget(pool.cores, &shows, show_id, tolerance).is_some_and(|b| b < CORE_UNITS_PER_CORE);
             Some(ShareLine { alloc: name, size: mine.size, used: mine.used, entitled, held_to_share })

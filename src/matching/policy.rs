@@ -334,7 +334,6 @@ struct ShowState {
     /// Decayed used ÷ entitlement, for the gauge and `explain`.
     share: f64,
     last_demand: Option<Instant>,
-    last_booked: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -519,20 +518,14 @@ impl Policy {
         }
     }
 
-    /// A pass of `show` on the pool left frames unbooked (`unmet`) or not, and booked some or
-    /// not.
-    pub fn note_pass(&self, alloc_id: &str, show_id: &str, unmet: bool, booked: bool, now: Instant) {
-        if !unmet && !booked {
+    /// A pass of `show` on the pool left frames unbooked (`unmet`) or not.
+    pub fn note_pass(&self, alloc_id: &str, show_id: &str, unmet: bool, now: Instant) {
+        if !unmet {
             return;
         }
         let mut state = self.state.lock();
         if let Some(s) = state.shows.get_mut(&(alloc_id.to_string(), show_id.to_string())) {
-            if unmet {
-                s.last_demand = Some(now);
-            }
-            if booked {
-                s.last_booked = Some(now);
-            }
+            s.last_demand = Some(now);
         }
     }
 
@@ -555,8 +548,7 @@ impl Policy {
                     size: row.size,
                     used: row.used,
                     share: previous.as_ref().map_or(0.0, |p| p.share),
-                    last_demand: previous.as_ref().and_then(|p| p.last_demand),
-                    last_booked: previous.and_then(|p| p.last_booked),
+                    last_demand: previous.and_then(|p| p.last_demand),
                 },
             );
         }

@@ -236,16 +236,16 @@ fn budget_follows_demand_and_its_window() {
     policy.update_subscriptions(&rows, HashMap::from([("A".to_string(), Pool { cores: 100 * CORE, idle: 0 })]), t0);
     // Nobody has shown demand: no limit.
     assert_eq!(policy.budget("A", "small", t0), None);
-    policy.note_pass("A", "big", true, false, t0);
-    policy.note_pass("A", "small", true, false, t0);
+    policy.note_pass("A", "big", true, t0);
+    policy.note_pass("A", "small", true, t0);
     assert_eq!(policy.budget("A", "small", t0 + Duration::from_secs(1)), Some(0));
     // The demand lapses after the window.
     assert_eq!(policy.budget("A", "small", t0 + Duration::from_secs(4)), None);
     // Unknown pools are not limited.
     assert_eq!(policy.budget("B", "small", t0), None);
     // Nor is a pool with idle cores left over (the short show cannot use them).
-    policy.note_pass("A", "big", true, false, t0 + Duration::from_secs(5));
-    policy.note_pass("A", "small", true, false, t0 + Duration::from_secs(5));
+    policy.note_pass("A", "big", true, t0 + Duration::from_secs(5));
+    policy.note_pass("A", "small", true, t0 + Duration::from_secs(5));
     assert_eq!(policy.budget("A", "small", t0 + Duration::from_secs(5)), Some(0));
     // With idle room left over, nobody is held back (the short show could not use it).
     let t5 = t0 + Duration::from_secs(5);

@@ -123,7 +123,7 @@ pub fn run_pass(ctx: &Context, pass: &Pass, launches: &Sender<Launch>) -> PassRe
         .reduce(PassResult::default, |a, b| a + b)
         + booked;
     if ctx.policy.smart() {
-        after_pass(ctx, pass, &plans, result.frames_booked > 0);
+        after_pass(ctx, pass, &plans);
     }
     result
 }
@@ -141,11 +141,11 @@ fn aged_first<'a>(ctx: &Context, jobs: Vec<&'a [LayerWork]>) -> Vec<&'a [LayerWo
 /// Policy `smart`, after a pass: records unmet demand for fair share, keeps the holds of
 /// layers still waiting, and tries for a hold for a frame that waited too long and fits no
 /// host's idle room.
-fn after_pass(ctx: &Context, pass: &Pass, plans: &[JobPlan], booked: bool) {
+fn after_pass(ctx: &Context, pass: &Pass, plans: &[JobPlan]) {
     let now = Instant::now();
     let left: Vec<&LayerState> = plans.iter().flat_map(|p| &p.states).filter(|s| !s.frames.is_empty()).collect();
     if let Some(alloc) = &pass.cluster.alloc_id {
-        ctx.policy.note_pass(alloc, &pass.cluster.show_id, !left.is_empty(), booked, now);
+        ctx.policy.note_pass(alloc, &pass.cluster.show_id, !left.is_empty(), now);
     }
     // A show held to its fair share does not hold hosts for frames it may not book.
     let fair_room = pass.fair_budget.as_ref().map_or(i64::MAX, |b| b.load(Ordering::SeqCst));
