@@ -275,9 +275,6 @@ pub const CONTENDED_RETRY_MS: u64 = 100;
 /// host hold at most this often.
 pub const RESERVATION_RETRY_MS: u64 = 2_000;
 
-/// Hosts held at once for the frames of one layer (one per waiting frame that fits nowhere).
-pub const HOLDS_PER_LAYER_MAX: usize = 8;
-
 /// A hold whose layer no pass has seen waiting for this long is dropped (its frame ran
 /// elsewhere, was killed or eaten, or its job was paused or finished).
 pub const RESERVATION_UNSEEN_MAX_MS: u64 = 30_000;

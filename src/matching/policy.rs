@@ -192,21 +192,16 @@ pub fn backfill_until(now: Instant, (secs, certain): (f64, bool)) -> Instant {
     now.checked_add(Duration::from_secs_f64(secs.clamp(0.0, 1e7))).unwrap_or(now)
 }
 
-/// The candidate that frees soonest for `need`, and its room estimate; ties go to the smaller
-/// host (a whole 32-core host is not held for a 16-core frame if a 16-core host frees as soon).
+/// The candidate that frees soonest for `need`, and in how many seconds; ties go to the
+/// smaller host (a whole 32-core host is not held for a 16-core frame if a 16-core host frees
+/// as soon).
 pub fn choose_host(candidates: &[Candidate], need: &Need, default_estimate_secs: f64) -> Option<(usize, (f64, bool))> {
-    rank_hosts(candidates, need, default_estimate_secs).into_iter().next()
-}
-
-/// Every candidate that can take `need`, soonest to free first (ties: the smaller host).
-pub fn rank_hosts(candidates: &[Candidate], need: &Need, default_estimate_secs: f64) -> Vec<(usize, (f64, bool))> {
-    let mut ranked: Vec<(usize, (f64, bool))> = candidates
+    candidates
         .iter()
         .enumerate()
-        .filter_map(|(i, c)| estimate_room(c, need, default_estimate_secs).map(|room| (i, room)))
-        .collect();
-    ranked.sort_by(|a, b| a.1 .0.total_cmp(&b.1 .0).then(candidates[a.0].total.cores.cmp(&candidates[b.0].total.cores)).then(a.0.cmp(&b.0)));
-    ranked
+        .filter_map(|(i, c)| estimate_room(c, need, default_estimate_secs).map(|room| (i, room, c.total.cores)))
+        .min_by(|a, b| a.1 .0.total_cmp(&b.1 .0).then(a.2.cmp(&b.2)))
+        .map(|(i, room, _)| (i, room))
 }
 
 /// Whether a frame of a layer with this runtime estimate may book on a host held until `due`:
@@ -411,38 +406,29 @@ impl Policy {
         Arc::clone(&self.state.lock().holds)
     }
 
-    /// How many holds the layer may make now for `waiting` frames that fit nowhere: 0 while
-    /// rate-limited, else what `reservations_max` and `HOLDS_PER_LAYER_MAX` leave.
-    pub fn may_try_hold(&self, layer_id: &str, waiting: usize, now: Instant) -> usize {
+    /// Whether the layer may try for a hold now (rate limit, capacity, not already held).
+    pub fn may_try_hold(&self, layer_id: &str, now: Instant) -> bool {
         let mut state = self.state.lock();
-        let mine = state.holds.values().filter(|h| h.layer_id == layer_id).count();
-        let room = self
-            .settings
-            .reservations_max
-            .saturating_sub(state.holds.len())
-            .min(waiting.min(crate::limits::HOLDS_PER_LAYER_MAX).saturating_sub(mine));
-        if room == 0 {
-            return 0;
+        if state.holds.len() >= self.settings.reservations_max || state.holds.values().any(|h| h.layer_id == layer_id) {
+            return false;
         }
         let retry = Duration::from_millis(crate::limits::RESERVATION_RETRY_MS);
         if state.tried.get(layer_id).is_some_and(|t| now.duration_since(*t) < retry) {
-            return 0;
+            return false;
         }
         state.tried.insert(layer_id.to_string(), now);
         if state.tried.len() > crate::limits::POLICY_LAYERS_TRACKED_MAX {
             state.tried.retain(|_, t| now.duration_since(*t) < retry);
         }
-        room
+        true
     }
 
-    /// Records a hold unless the host is already held or a bound is reached; returns whether
-    /// it was.
+    /// Records a hold unless the host or the layer is already held; returns whether it was.
     pub fn hold(&self, hold: Hold) -> bool {
         let mut state = self.state.lock();
-        let mine = state.holds.values().filter(|h| h.layer_id == hold.layer_id).count();
         if state.holds.len() >= self.settings.reservations_max
             || state.holds.contains_key(&hold.host_id)
-            || mine >= crate::limits::HOLDS_PER_LAYER_MAX
+            || state.holds.values().any(|h| h.layer_id == hold.layer_id)
         {
             return false;
         }
@@ -452,29 +438,21 @@ impl Policy {
         true
     }
 
-    /// The holds of a layer.
-    pub fn holds_of(&self, layer_id: &str) -> Vec<Hold> {
-        self.state.lock().holds.values().filter(|h| h.layer_id == layer_id).cloned().collect()
+    /// The hold of a layer, if it has one.
+    pub fn hold_of(&self, layer_id: &str) -> Option<Hold> {
+        self.state.lock().holds.values().find(|h| h.layer_id == layer_id).cloned()
     }
 
-    /// A new estimate of when a held host has room, and of its backfill window.
-    pub fn set_due(&self, host_id: &HostId, due: Instant, backfill_until: Instant, now: Instant) {
+    /// A new estimate of when the layer's held host has room, and of its backfill window.
+    pub fn set_due(&self, layer_id: &str, due: Instant, backfill_until: Instant, now: Instant) {
         let mut state = self.state.lock();
-        if !state.holds.contains_key(host_id) {
-            return;
-        }
         let mut holds = (*state.holds).clone();
-        if let Some(hold) = holds.get_mut(host_id) {
+        for hold in holds.values_mut().filter(|h| h.layer_id == layer_id) {
             hold.due = due;
             hold.backfill_until = backfill_until;
             hold.checked = now;
         }
         state.holds = Arc::new(holds);
-    }
-
-    /// Drops the hold on one host (it can no longer take the frame).
-    pub fn release(&self, host_id: &HostId) -> Option<Hold> {
-        self.drop_where(|h| h.host_id == *host_id).into_iter().next()
     }
 
     /// The layer is still waiting (a pass saw it): its hold stays.
@@ -490,17 +468,9 @@ impl Policy {
         state.holds = Arc::new(holds);
     }
 
-    /// The layer booked a frame on `host_id`: one of its holds goes, the one on that host if it
-    /// held it, else the one due last. Returns the dropped hold.
-    pub fn booked(&self, layer_id: &str, host_id: &HostId) -> Option<Hold> {
-        let target = {
-            let state = self.state.lock();
-            match state.holds.get(host_id).filter(|h| h.layer_id == layer_id) {
-                Some(hold) => Arc::clone(&hold.host_id),
-                None => state.holds.values().filter(|h| h.layer_id == layer_id).max_by_key(|h| h.due).map(|h| Arc::clone(&h.host_id))?,
-            }
-        };
-        self.release(&target)
+    /// The layer booked a frame: its hold is dropped. Returns the dropped hold.
+    pub fn booked(&self, layer_id: &str) -> Option<Hold> {
+        self.drop_where(|h| h.layer_id == layer_id).into_iter().next()
     }
 
     /// Drops holds no pass has seen waiting for `unseen_max`; returns them.

@@ -136,10 +136,7 @@ pub(super) fn launch_booked(
     let elapsed = pass.fetched_at.elapsed().as_secs_f64();
     let mut launched = 0;
     if !booked.is_empty() && ctx.policy.smart() {
-        // One hold goes per frame booked (the host's own first).
-        for _ in booked {
-            release_hold(ctx, layer, host);
-        }
+        release_hold(ctx, layer, host);
     }
     for b in booked {
         let Some(index) = frames.iter().position(|(f, _)| f.id == b.frame_id) else { continue };
@@ -181,10 +178,9 @@ pub(super) fn launch_booked(
     launched
 }
 
-/// Policy `smart`: the layer booked a frame, so a host held for it is let go: the one it booked
-/// on if it held it, else the one due last.
+/// Policy `smart`: the layer booked a frame, so a host held for it is let go.
 fn release_hold(ctx: &Context, layer: &crate::model::Layer, host: &Host) {
-    let Some(hold) = ctx.policy.booked(&layer.id, &host.id) else { return };
+    let Some(hold) = ctx.policy.booked(&layer.id) else { return };
     ctx.metrics.reservations_total.with_label_values(&["booked"]).inc();
     ctx.metrics.reservations_held.set(ctx.policy.holds().len() as i64);
     let place = if hold.host_id == host.id { "on the held host".to_string() } else { format!("on {} (not the held host {})", host.name, hold.host_name) };

@@ -24,14 +24,13 @@ const ESTIMATES_SQL: &str = "
                ORDER BY f.ts_stopped DESC LIMIT 50) r)
     FROM unnest($1::text[]) AS l(id)";
 
-/// The layer's frames need hosts they cannot get: for each frame that waited past
-/// `scheduler.reservation_after` (up to the bounds), if the layer fits no host's idle room but
-/// fits some host's total, hold one of the hosts that free soonest.
+/// The layer's next frame needs a host it cannot get: if it waited past
+/// `scheduler.reservation_after`, fits no host's idle room but fits some host's total, hold the
+/// host that frees soonest.
 pub(super) fn consider(ctx: &Context, state: &LayerState, now: Instant) {
     let settings = &ctx.policy.settings;
-    let threshold = settings.reservation_after.as_secs_f64();
-    let overdue: Vec<&Frame> = state.frames.iter().map(|(f, _)| f).filter(|f| f.age_secs >= threshold).collect();
-    if overdue.is_empty() || settings.reservations_max == 0 {
+    let Some((frame, _)) = state.frames.first() else { return };
+    if frame.age_secs < settings.reservation_after.as_secs_f64() || settings.reservations_max == 0 {
         return;
     }
     let (job, layer) = (&state.work.job, &state.work.layer);
@@ -47,13 +46,7 @@ pub(super) fn consider(ctx: &Context, state: &LayerState, now: Instant) {
         .filter(|h| !holds.contains_key(&h.id))
         .collect();
     let fits_idle = |h: &Host| h.cores_idle >= need.cores && h.mem_idle >= need.mem && h.gpus_idle >= need.gpus && h.gpu_mem_idle >= need.gpu_mem;
-    if hosts.is_empty() || hosts.iter().any(fits_idle) {
-        return;
-    }
-    // One hold per overdue frame, within the bounds (the layer's frames already holding a host
-    // count against them).
-    let allowed = ctx.policy.may_try_hold(&layer.id, overdue.len(), now);
-    if allowed == 0 {
+    if hosts.is_empty() || hosts.iter().any(fits_idle) || !ctx.policy.may_try_hold(&layer.id, now) {
         return;
     }
     let candidates = match read_candidates(ctx, &hosts, now) {
@@ -65,28 +58,27 @@ pub(super) fn consider(ctx: &Context, state: &LayerState, now: Instant) {
         }
     };
     let default_secs = settings.runtime_estimate_default.as_secs_f64();
-    let ranked = policy::rank_hosts(&candidates, &need, default_secs);
-    for ((index, room), frame) in ranked.into_iter().take(allowed).zip(overdue) {
-        let host = &hosts[index];
-        let hold = Hold {
-            host_id: Arc::clone(&host.id),
-            host_name: host.name.clone(),
-            layer_id: layer.id.clone(),
-            layer_name: layer.name.clone(),
-            job_id: job.id.clone(),
-            job_name: job.name.clone(),
-            frame_name: frame.name.clone(),
-            need,
-            made_at: now,
-            due: due_after(now, room.0),
-            backfill_until: policy::backfill_until(now, room),
-            seen: now,
-            checked: now,
-        };
-        if !ctx.policy.hold(hold) {
-            break;
-        }
+    let Some((index, room)) = policy::choose_host(&candidates, &need, default_secs) else { return };
+    let secs = room.0;
+    let host = &hosts[index];
+    let hold = Hold {
+        host_id: Arc::clone(&host.id),
+        host_name: host.name.clone(),
+        layer_id: layer.id.clone(),
+        layer_name: layer.name.clone(),
+        job_id: job.id.clone(),
+        job_name: job.name.clone(),
+        frame_name: frame.name.clone(),
+        need,
+        made_at: now,
+        due: due_after(now, secs),
+        backfill_until: policy::backfill_until(now, room),
+        seen: now,
+        checked: now,
+    };
+    if ctx.policy.hold(hold) {
         ctx.metrics.reservations_total.with_label_values(&["made"]).inc();
+        ctx.metrics.reservations_held.set(ctx.policy.holds().len() as i64);
         info!(
             "holding host {} for frame {} of job {} layer {} ({} cores, waited {:.0} s); expected free in {:.0} s",
             host.name,
@@ -95,54 +87,42 @@ pub(super) fn consider(ctx: &Context, state: &LayerState, now: Instant) {
             layer.name,
             need.cores / CORE_UNITS_PER_CORE,
             frame.age_secs,
-            room.0
+            secs
         );
     }
-    ctx.metrics.reservations_held.set(ctx.policy.holds().len() as i64);
 }
 
 fn due_after(now: Instant, secs: f64) -> Instant {
     now.checked_add(Duration::from_secs_f64(secs.clamp(0.0, 1e7))).unwrap_or(now)
 }
 
-/// Re-estimates when each held host of the layer has room, at most once per
-/// `RESERVATION_RETRY_MS` per hold: runtime
+/// Re-estimates when a held host has room, at most once per `RESERVATION_RETRY_MS`: runtime
 /// history grows while the hold waits (a first estimate made without history assumed
 /// `runtime_estimate_default`), and backfill is judged against the newest estimate. A host
 /// that can no longer take the frame (gone from the cache, shrunk) loses the hold.
 pub(super) fn refresh(ctx: &Context, layer_id: &str, now: Instant) {
-    let retry = Duration::from_millis(crate::limits::RESERVATION_RETRY_MS);
-    let due: Vec<Hold> = ctx.policy.holds_of(layer_id).into_iter().filter(|h| now.duration_since(h.checked) >= retry).collect();
-    if due.is_empty() {
+    let Some(hold) = ctx.policy.hold_of(layer_id) else { return };
+    if now.duration_since(hold.checked) < Duration::from_millis(crate::limits::RESERVATION_RETRY_MS) {
         return;
     }
-    let default_secs = ctx.policy.settings.runtime_estimate_default.as_secs_f64();
-    let mut live: Vec<(Hold, Host)> = Vec::with_capacity(due.len());
-    for hold in due {
-        match ctx.cache.host(&hold.host_id) {
-            Some(host) => live.push((hold, host)),
-            None => {
-                ctx.policy.release(&hold.host_id);
-                ctx.metrics.reservations_total.with_label_values(&["expired"]).inc();
-            }
-        }
-    }
-    let hosts: Vec<Host> = live.iter().map(|(_, h)| h.clone()).collect();
-    match read_candidates(ctx, &hosts, now) {
-        Ok(candidates) => {
-            for ((hold, _), candidate) in live.iter().zip(&candidates) {
-                match policy::estimate_room(candidate, &hold.need, default_secs) {
-                    Some(room) => ctx.policy.set_due(&hold.host_id, due_after(now, room.0), policy::backfill_until(now, room), now),
-                    None => {
-                        ctx.policy.release(&hold.host_id);
-                        ctx.metrics.reservations_total.with_label_values(&["expired"]).inc();
-                    }
-                }
-            }
-        }
+    let Some(host) = ctx.cache.host(&hold.host_id) else {
+        ctx.policy.booked(layer_id);
+        ctx.metrics.reservations_total.with_label_values(&["expired"]).inc();
+        return;
+    };
+    let secs = match read_candidates(ctx, std::slice::from_ref(&host), now) {
+        Ok(candidates) => candidates.first().and_then(|c| policy::estimate_room(c, &hold.need, ctx.policy.settings.runtime_estimate_default.as_secs_f64())),
         Err(e) => {
             ctx.count_error("policy");
-            debug!("cannot re-estimate the holds of layer {layer_id}: {e}");
+            debug!("cannot re-estimate the hold on {}: {e}", hold.host_name);
+            return;
+        }
+    };
+    match secs {
+        Some(room) => ctx.policy.set_due(layer_id, due_after(now, room.0), policy::backfill_until(now, room), now),
+        None => {
+            ctx.policy.booked(layer_id);
+            ctx.metrics.reservations_total.with_label_values(&["expired"]).inc();
         }
     }
     ctx.metrics.reservations_held.set(ctx.policy.holds().len() as i64);
