@@ -340,3 +340,70 @@ fn instances_sharing_a_cluster_prefer_different_jobs() {
     assert_eq!(alone, fifo, "a lone instance keeps FIFO order");
     assert_eq!(jobs(&mut client, (5, 9)).len(), 4, "an out-of-range rank is clamped, never an error");
 }
+
+/// One ownership session as an instance opens it: `application_name` ends in `[id]`.
+fn ownership_session(db: &TestDb, id: &str) -> postgres::Client {
+    let mut settings = db.db_settings();
+    settings.instance = id.into();
+    cue_scheduler::db::connect_as(&settings, "test ownership session", "cue-scheduler ownership").expect("connect")
+}
+
+/// Calls an advisory-lock function in its two-key form, as the ownership thread does; true
+/// for a granted try (or a blocking lock, which returns void once granted).
+fn advisory(client: &mut postgres::Client, function: &str, ns: i32, key: u32) -> bool {
+    let row = client.query_one(&format!("SELECT {function}($1::int4, $2::int4)::text"), &[&ns, &(key as i32)]).expect(function);
+    row.get::<_, String>(0) != "false"
+}
+
+fn backend_pid(client: &mut postgres::Client) -> i32 {
+    client.query_one("SELECT pg_backend_pid()", &[]).expect("pid").get(0)
+}
+
+/// The lock protocol with two real sessions interleaved by hand, read back the way every
+/// instance reads it: a session waiting for a pool is never taken for its owner; fencing the
+/// owner hands the pool to the waiter at once; the fenced instance, back, cannot take it again.
+#[test]
+fn ownership_locks_interleaved_by_hand() {
+    use cue_scheduler::limits::{OWNERSHIP_MEMBER_NS, OWNERSHIP_UNIT_NS};
+    use ownership::{key32, read_locks};
+    let db = TestDb::new("own_interleaved", Schema::Project).expect("db");
+    let unit = key32("alloc-under-test");
+    let (mut a, mut b, mut observer) = (ownership_session(&db, "host-a:1"), ownership_session(&db, "host-b:2"), db.client());
+    let (a_pid, b_pid) = (backend_pid(&mut a), backend_pid(&mut b));
+    assert!(advisory(&mut a, "pg_try_advisory_lock", OWNERSHIP_MEMBER_NS, key32("host-a:1")));
+    assert!(advisory(&mut b, "pg_try_advisory_lock", OWNERSHIP_MEMBER_NS, key32("host-b:2")));
+    assert!(advisory(&mut a, "pg_try_advisory_lock", OWNERSHIP_UNIT_NS, unit));
+    // B cannot take the pool A owns.
+    assert!(!advisory(&mut b, "pg_try_advisory_lock", OWNERSHIP_UNIT_NS, unit));
+    let view = read_locks(&mut observer).expect("read locks");
+    assert_eq!(view.owners.get(&unit), Some(&a_pid));
+    let members: Vec<&str> = view.members.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(members, vec!["host-a:1", "host-b:2"]);
+    // B now waits for the pool (a blocking request, as a move would make).
+    let waiter = std::thread::spawn(move || {
+        let granted = advisory(&mut b, "pg_advisory_lock", OWNERSHIP_UNIT_NS, unit);
+        (granted, b)
+    });
+    let waiting = wait_for(Duration::from_secs(3), || {
+        count(&mut observer, &format!("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND pid = {b_pid}")) == 1
+    });
+    assert!(waiting, "B's request is queued behind A's lock");
+    let view = read_locks(&mut observer).expect("read locks");
+    assert_eq!(view.owners.get(&unit), Some(&a_pid), "a waiter is never read as the owner");
+    // Fence A (what a peer does to an instance idle past the fence time).
+    let terminated: bool = observer.query_one("SELECT pg_terminate_backend($1)", &[&a_pid]).expect("terminate").get(0);
+    assert!(terminated);
+    let (granted, mut b) = waiter.join().expect("waiter thread");
+    assert!(granted, "the waiter gets the pool as soon as the owner's session ends");
+    let view = read_locks(&mut observer).expect("read locks");
+    assert_eq!(view.owners.get(&unit), Some(&b_pid));
+    let members: Vec<&str> = view.members.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(members, vec!["host-b:2"], "the fenced instance is no longer a member");
+    // A wakes and reconnects: its membership is free to take again, the pool is not.
+    let mut a = ownership_session(&db, "host-a:1");
+    assert!(advisory(&mut a, "pg_try_advisory_lock", OWNERSHIP_MEMBER_NS, key32("host-a:1")));
+    assert!(!advisory(&mut a, "pg_try_advisory_lock", OWNERSHIP_UNIT_NS, unit), "a fenced owner cannot take its pool back");
+    // B lets go: A can take it.
+    assert!(advisory(&mut b, "pg_advisory_unlock", OWNERSHIP_UNIT_NS, unit));
+    assert!(advisory(&mut a, "pg_try_advisory_lock", OWNERSHIP_UNIT_NS, unit));
+}
