@@ -75,7 +75,8 @@ fn only_wide_or_gpu_frames_are_worth_a_hold() {
 fn only_an_estimate_from_history_opens_a_backfill_window() {
     let now = Instant::now();
     // (running frames (cores, elapsed, estimate), need, expected window in seconds)
-    let cases: &[(&[(i64, f64, Option<f64>)], i64, f64)] = &[
+    type Frames<'a> = &'a [(i64, f64, Option<f64>)];
+    let cases: &[(Frames, i64, f64)] = &[
         // Both frames it waits for have history: the window is their estimate.
         (&[(8, 2.0, Some(12.0)), (8, 0.0, Some(5.0))], 16, 10.0),
         // One of them has none: no window (the host drains).
