@@ -97,7 +97,7 @@ fn read_shares(client: &mut Client, show_id: &str, tolerance: f64) -> Result<Vec
             pools.push((alloc.clone(), name, pool, Vec::new()));
         }
         if let Some(p) = pools.last_mut() {
-            p.3.push(ShowUse { show_id: show, size, used, demanding, able: true });
+            p.3.push(ShowUse { show_id: show, size, used, demanding });
         }
     }
     Ok(pools
@@ -106,8 +106,7 @@ fn read_shares(client: &mut Client, show_id: &str, tolerance: f64) -> Result<Vec
             let mine = shows.iter().find(|s| s.show_id == show_id)?;
             let entitled = policy::entitlements(pool.cores, &shows, show_id).get(show_id).copied().unwrap_or(0);
             // As the scheduler decides it: no limit while cores sit idle.
-            let idle_left = pool.idle * 100 >= pool.cores * crate::limits::FAIR_SHARE_IDLE_LIFT_PERCENT;
-            let held_to_share = !idle_left && policy::fair_budget(pool.cores, &shows, show_id, tolerance).is_some_and(|b| b < CORE_UNITS_PER_CORE);
+            let held_to_share = !pool.has_idle_room() && policy::fair_budget(pool.cores, &shows, show_id, tolerance).is_some_and(|b| b < CORE_UNITS_PER_CORE);
             Some(ShareLine { alloc: name, size: mine.size, used: mine.used, entitled, held_to_share })
         })
         .collect())

@@ -224,9 +224,6 @@ pub struct ShowUse {
     pub used: i64,
     /// It had frames left unbooked in a recent pass.
     pub demanding: bool,
-    /// It can use freed cores: the pool has no idle room to speak of. While cores sit idle,
-    /// the shows short of their share could not use them, and nobody is held back.
-    pub able: bool,
 }
 
 /// Each demanding show's entitlement on a pool of `pool_cores`: its share by subscription size
@@ -252,7 +249,7 @@ pub fn fair_budget(pool_cores: i64, shows: &[ShowUse], show: &str, tolerance: f6
     let slack = (pool_cores as f64 * tolerance.max(0.0)) as i64;
     let starved = shows
         .iter()
-        .filter(|s| s.show_id != show && s.demanding && s.able)
+        .filter(|s| s.show_id != show && s.demanding)
         .any(|s| entitled.get(&s.show_id).is_some_and(|e| s.used + slack < *e));
     if !starved {
         return None;
@@ -355,6 +352,15 @@ struct State {
 pub struct Pool {
     pub cores: i64,
     pub idle: i64,
+}
+
+impl Pool {
+    /// Work conservation: fair share protects a full pool's freed cores. With
+    /// `FAIR_SHARE_IDLE_LIFT_PERCENT` or more of the pool idle, the shows short of their share
+    /// had their chance and could not use it, and nobody is held back.
+    pub fn has_idle_room(&self) -> bool {
+        self.idle * 100 >= self.cores * crate::limits::FAIR_SHARE_IDLE_LIFT_PERCENT
+    }
 }
 
 /// One subscription as read for fair share (core units).
@@ -571,9 +577,12 @@ impl Policy {
     /// The fair-share budget of `show` on `alloc` now (see `fair_budget`).
     pub fn budget(&self, alloc_id: &str, show_id: &str, now: Instant) -> Option<i64> {
         let state = self.state.lock();
-        let pool = state.pools.get(alloc_id)?.cores;
+        let pool = *state.pools.get(alloc_id)?;
+        if pool.has_idle_room() {
+            return None;
+        }
         let shows = shows_of(&state, alloc_id, self.demand_window(), now);
-        fair_budget(pool, &shows, show_id, self.settings.fair_share_tolerance)
+        fair_budget(pool.cores, &shows, show_id, self.settings.fair_share_tolerance)
     }
 
     /// Every show's share on every pool.
@@ -673,9 +682,6 @@ pub fn parse_line(line: &str) -> Option<(String, HashMap<String, String>)> {
 
 fn shows_of(state: &State, alloc_id: &str, window: Duration, now: Instant) -> Vec<ShowUse> {
     let recent = |t: Option<Instant>| t.is_some_and(|t| now.saturating_duration_since(t) <= window);
-    // Work conservation: fair share protects a full pool's freed cores; with part of the pool
-    // idle, the short shows had their chance and could not use it.
-    let idle_room = state.pools.get(alloc_id).is_some_and(|p| p.idle * 100 >= p.cores * crate::limits::FAIR_SHARE_IDLE_LIFT_PERCENT);
     let mut shows: Vec<ShowUse> = state
         .shows
         .iter()
@@ -685,7 +691,6 @@ fn shows_of(state: &State, alloc_id: &str, window: Duration, now: Instant) -> Ve
             size: s.size,
             used: s.used,
             demanding: recent(s.last_demand),
-            able: !idle_room,
         })
         .collect();
     shows.sort_by(|a, b| a.show_id.cmp(&b.show_id));

@@ -115,7 +115,7 @@ fn backfill_only_ends_before_the_hold_is_due() {
 }
 
 fn show(id: &str, size: i64, used: i64, demanding: bool) -> ShowUse {
-    ShowUse { show_id: id.into(), size: size * CORE, used: used * CORE, demanding, able: true }
+    ShowUse { show_id: id.into(), size: size * CORE, used: used * CORE, demanding }
 }
 
 #[test]
