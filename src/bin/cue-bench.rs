@@ -435,7 +435,7 @@ fn latency(args: &Args, server: &Server, schema: &str, sql: &str) -> Result<Stri
         .map(|r| r.get::<_, f64>(0))
         .collect();
     latencies.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    let pct = |p: f64| latencies.get(((latencies.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN);
+    let pct = |p: f64| cue_scheduler::sim::percentile(&latencies, p);
     Ok(format!(
         "first-dispatch latency ({schema} schema): {} of {jobs} jobs dispatched; p50 {:.3} s, p99 {:.3} s, max {:.3} s; \
          {:.1} statements/s while mostly idle; scheduler CPU {:.2} s, peak RSS {:.1} MB",

@@ -9,6 +9,7 @@ use cue_scheduler::sim::cuebot::{Cuebot, Mode, Released};
 use cue_scheduler::sim::fake_rqd::{loopback_address, FakeRqd};
 use cue_scheduler::sim::farm::{self, Farm, Server};
 use cue_scheduler::sim::plot::{self, Axis, Series, Side};
+use cue_scheduler::sim::percentile;
 use cue_scheduler::sim::procs;
 use cue_scheduler::sim::workloads::{self, Rng};
 use parking_lot::Mutex;
@@ -189,10 +190,6 @@ fn watch(farm: &mut Farm, total_cores: i64, total_frames: usize, started: Instan
             return samples;
         }
     }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted.get(((sorted.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN)
 }
 
 #[allow(clippy::too_many_arguments)]

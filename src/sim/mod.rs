@@ -10,3 +10,8 @@ pub mod plot;
 pub mod procs;
 pub mod proxy;
 pub mod workloads;
+
+/// The nearest-rank `p` quantile (0..=1) of sorted values; NaN when there are none.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted.get(((sorted.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN)
+}

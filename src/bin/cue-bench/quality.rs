@@ -15,6 +15,7 @@ use cue_scheduler::sim::cuebot::{Cuebot, Mode, Released};
 use cue_scheduler::sim::fake_rqd::{loopback_address, FakeRqd};
 use cue_scheduler::sim::farm::{self, Farm, JobIds, Server};
 use cue_scheduler::sim::plot::{self, Axis, Series, Side};
+use cue_scheduler::sim::percentile;
 use cue_scheduler::sim::procs::{self, Usage};
 use cue_scheduler::sim::workloads::{self, LayerKind, PlannedJob, QualityOrg, QualityShape, QUALITY_HOST_CORES, QUALITY_SHOWS};
 use parking_lot::Mutex;
@@ -585,11 +586,6 @@ struct RunEnd {
     dead: i64,
     violations: Vec<String>,
     notes: Vec<String>,
-}
-
-/// Nearest-rank percentile of sorted values (NaN when there are none).
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted.get(((sorted.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN)
 }
 
 fn sorted(mut values: Vec<f64>) -> Vec<f64> {
