@@ -324,10 +324,7 @@ impl HoldCheck<'_> {
 /// One show's subscription on one pool, as last read, with its decayed signals.
 #[derive(Clone, Debug)]
 struct ShowState {
-    alloc_name: String,
-    show_name: String,
-    size: i64,
-    used: i64,
+    row: SubscriptionRow,
     /// Decayed used ÷ entitlement, for the gauge and `explain`.
     share: f64,
     last_demand: Option<Instant>,
@@ -377,12 +374,7 @@ pub struct SubscriptionRow {
 /// What the policy shows about one show on one pool (for `/status`, metrics and `explain`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ShareView {
-    pub alloc_id: String,
-    pub alloc_name: String,
-    pub show_id: String,
-    pub show_name: String,
-    pub size: i64,
-    pub used: i64,
+    pub subscription: SubscriptionRow,
     pub entitled: i64,
     pub share: f64,
     pub demanding: bool,
@@ -549,10 +541,7 @@ impl Policy {
             next.insert(
                 key,
                 ShowState {
-                    alloc_name: row.alloc_name.clone(),
-                    show_name: row.show_name.clone(),
-                    size: row.size,
-                    used: row.used,
+                    row: row.clone(),
                     share: previous.as_ref().map_or(0.0, |p| p.share),
                     last_demand: previous.and_then(|p| p.last_demand),
                 },
@@ -563,8 +552,9 @@ impl Policy {
         // The share gauge: used ÷ entitlement among demanding shows, decayed.
         let views = views_of(&state, self.demand_window(), now);
         for view in views {
-            if let Some(s) = state.shows.get_mut(&(view.alloc_id.clone(), view.show_id.clone())) {
-                let instant = if view.entitled > 0 { view.used as f64 / view.entitled as f64 } else { 0.0 };
+            let sub = &view.subscription;
+            if let Some(s) = state.shows.get_mut(&(sub.alloc_id.clone(), sub.show_id.clone())) {
+                let instant = if view.entitled > 0 { sub.used as f64 / view.entitled as f64 } else { 0.0 };
                 s.share = s.share * keep + instant * (1.0 - keep);
             }
         }
@@ -613,10 +603,10 @@ pub fn render_status(policy: &Policy, now: Instant) -> String {
     }
     for v in policy.shares(now) {
         let fields = [
-            ("alloc", v.alloc_name.clone()),
-            ("show", v.show_name.clone()),
-            ("size_cores", format!("{}", v.size / crate::model::CORE_UNITS_PER_CORE)),
-            ("used_cores", format!("{}", v.used / crate::model::CORE_UNITS_PER_CORE)),
+            ("alloc", v.subscription.alloc_name.clone()),
+            ("show", v.subscription.show_name.clone()),
+            ("size_cores", format!("{}", v.subscription.size / crate::model::CORE_UNITS_PER_CORE)),
+            ("used_cores", format!("{}", v.subscription.used / crate::model::CORE_UNITS_PER_CORE)),
             ("entitled_cores", format!("{}", v.entitled / crate::model::CORE_UNITS_PER_CORE)),
             ("share", format!("{:.3}", v.share)),
             ("demanding", v.demanding.to_string()),
@@ -688,8 +678,8 @@ fn shows_of(state: &State, alloc_id: &str, window: Duration, now: Instant) -> Ve
         .filter(|((alloc, _), _)| alloc == alloc_id)
         .map(|((_, show), s)| ShowUse {
             show_id: show.clone(),
-            size: s.size,
-            used: s.used,
+            size: s.row.size,
+            used: s.row.used,
             demanding: recent(s.last_demand),
         })
         .collect();
@@ -700,25 +690,17 @@ fn shows_of(state: &State, alloc_id: &str, window: Duration, now: Instant) -> Ve
 fn views_of(state: &State, window: Duration, now: Instant) -> Vec<ShareView> {
     let mut out = Vec::new();
     for (alloc, pool) in &state.pools {
-        let pool = &pool.cores;
         let shows = shows_of(state, alloc, window, now);
-        for show in &shows {
-            let entitled = entitlements(*pool, &shows, &show.show_id).get(&show.show_id).copied().unwrap_or(0);
-            let s = &state.shows[&(alloc.clone(), show.show_id.clone())];
+        for ((_, show), s) in state.shows.iter().filter(|((a, _), _)| a == alloc) {
             out.push(ShareView {
-                alloc_id: alloc.clone(),
-                alloc_name: s.alloc_name.clone(),
-                show_id: show.show_id.clone(),
-                show_name: s.show_name.clone(),
-                size: show.size,
-                used: show.used,
-                entitled,
+                subscription: s.row.clone(),
+                entitled: entitlements(pool.cores, &shows, show).get(show).copied().unwrap_or(0),
                 share: s.share,
-                demanding: show.demanding,
+                demanding: shows.iter().any(|u| u.show_id == *show && u.demanding),
             });
         }
     }
-    out.sort_by(|a, b| (&a.alloc_id, &a.show_name).cmp(&(&b.alloc_id, &b.show_name)));
+    out.sort_by(|a, b| (&a.subscription.alloc_id, &a.subscription.show_name).cmp(&(&b.subscription.alloc_id, &b.subscription.show_name)));
     out
 }
 

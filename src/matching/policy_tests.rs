@@ -257,7 +257,7 @@ fn budget_follows_demand_and_its_window() {
     policy.update_subscriptions(&rows, HashMap::from([("A".to_string(), idle)]), t5);
     assert_eq!(policy.budget("A", "small", t5), None, "cores left idle: big could not use them");
     let shares = policy.shares(t0 + Duration::from_secs(6));
-    let big = shares.iter().find(|s| s.show_name == "big").expect("big listed");
+    let big = shares.iter().find(|s| s.subscription.show_name == "big").expect("big listed");
     assert_eq!(big.entitled, 100 * CORE * 50 / 70);
     assert!(big.demanding);
 }

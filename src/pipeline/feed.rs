@@ -525,7 +525,7 @@ impl<'a> Feed<'a> {
             }
         }
         for share in policy.shares(now) {
-            self.ctx.metrics.show_share_ratio.with_label_values(&[&share.show_name, &share.alloc_name]).set(share.share);
+            self.ctx.metrics.show_share_ratio.with_label_values(&[&share.subscription.show_name, &share.subscription.alloc_name]).set(share.share);
         }
     }
 
