@@ -430,6 +430,10 @@ fn bad_values_name_the_key() {
         ("scheduler: {alloc_tags: [{show: a}]}", "scheduler.alloc_tags[0]", "needs a non-empty `tag`"),
         ("scheduler: {alloc_tags: [3]}", "scheduler.alloc_tags", "entry 0"),
         ("accounting: {managed_shows_ttl: 30}", "accounting.managed_shows_ttl", "bare number"),
+        ("scheduler: {policy: clever}", "scheduler.policy", "must be `legacy` or `smart`"),
+        ("scheduler: {policy: ''}", "scheduler.policy", "must be `legacy` or `smart`"),
+        ("scheduler: {fair_share_tolerance: 1.5}", "scheduler.fair_share_tolerance", "1"),
+        ("scheduler: {reservations_max: -1}", "scheduler.reservations_max", ""),
     ];
     for (yaml, key, fragment) in cases {
         let e = parse_err(yaml);
