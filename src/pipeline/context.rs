@@ -64,6 +64,9 @@ pub struct Context {
     /// Frames this instance booked lately (bounded, oldest forgotten first), to tell a frame
     /// lost to our own other pass from one lost to another booker.
     recent_booked: Mutex<(HashSet<String>, std::collections::VecDeque<String>)>,
+    /// Frames some booking of this instance is booking right now, with how many bookings hold
+    /// each (see `Context::booking`).
+    in_flight: Mutex<std::collections::HashMap<String, u32>>,
     /// Layers of other instances' slots this instance left alone, since when.
     left_alone: Mutex<std::collections::HashMap<String, Instant>>,
     /// Pipeline threads: name -> last sign of progress. A thread that dies is recorded in
@@ -110,6 +113,7 @@ impl Context {
             serving: RwLock::new(Arc::new(Serving::nothing())),
             ownership_status: Mutex::new(StatusView::default()),
             recent_booked: Mutex::new((HashSet::new(), std::collections::VecDeque::new())),
+            in_flight: Mutex::new(std::collections::HashMap::new()),
             left_alone: Mutex::new(std::collections::HashMap::new()),
             heartbeats: Mutex::new(std::collections::HashMap::new()),
             dead_thread: Mutex::new(None),
@@ -267,12 +271,12 @@ impl Context {
         }
     }
 
-    /// Whether to leave another slot's layer to its instance now: yes for the first
-    /// `limits::STEAL_AFTER_MS` after this instance first left it alone, then no (that
-    /// instance may have no room for it).
-    pub fn leave_to_owner(&self, layer_id: &str) -> bool {
+    /// Whether to leave another slot's layer to the instances before this one now (`turn` of
+    /// them, `Serving::turn`): yes for the first `turn × limits::STEAL_AFTER_MS` after this
+    /// instance first left it alone, then no (they may have no room for it).
+    pub fn leave_to_owner(&self, layer_id: &str, turn: u32) -> bool {
         let now = Instant::now();
-        let window = std::time::Duration::from_millis(limits::STEAL_AFTER_MS);
+        let window = std::time::Duration::from_millis(limits::STEAL_AFTER_MS * u64::from(turn.max(1)));
         let mut map = self.left_alone.lock();
         if map.len() >= limits::LEFT_ALONE_LAYERS_MAX {
             map.retain(|_, since| now.duration_since(*since) < window * 10);
@@ -284,8 +288,22 @@ impl Context {
         now.duration_since(since) < window
     }
 
-    pub fn booked_here(&self, id: &str) -> bool {
-        self.recent_booked.lock().0.contains(id)
+    /// Marks `ids` as being booked by one booking of this instance until the guard drops. Held
+    /// across the booking statement, the lost-frame check and `note_booked`: another booking
+    /// of ours that took one of these frames first either still holds it here or has already
+    /// noted it as booked, so `taken_here` never mistakes our own race for another booker's.
+    pub fn booking<'a>(&'a self, ids: Vec<String>) -> InFlight<'a> {
+        let mut map = self.in_flight.lock();
+        for id in &ids {
+            *map.entry(id.clone()).or_insert(0) += 1;
+        }
+        InFlight { ctx: self, ids }
+    }
+
+    /// Whether a frame that a booking holding an `InFlight` guard for it lost went to this
+    /// instance: booked by us lately, or held by another of our bookings (count 2 or more).
+    pub fn taken_here(&self, id: &str) -> bool {
+        self.recent_booked.lock().0.contains(id) || self.in_flight.lock().get(id).is_some_and(|n| *n >= 2)
     }
 
     pub fn set_ownership_status(&self, status: StatusView) {
@@ -379,5 +397,25 @@ impl Context {
 
     pub fn count_error(&self, module: &str) {
         self.metrics.errors_total.with_label_values(&[module]).inc();
+    }
+}
+
+/// Frames one booking of this instance holds (`Context::booking`); released on drop.
+pub struct InFlight<'a> {
+    ctx: &'a Context,
+    ids: Vec<String>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut map = self.ctx.in_flight.lock();
+        for id in &self.ids {
+            if let Some(n) = map.get_mut(id) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(id);
+                }
+            }
+        }
     }
 }

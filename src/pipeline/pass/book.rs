@@ -17,7 +17,9 @@ pub(super) fn book_planned(ctx: &Context, pass: &Pass, plans: &mut [JobPlan], la
         frames: plans.iter().flat_map(|p| batch_frames(p)).collect(),
     };
     let all: Vec<&JobPlan> = plans.iter().filter(|p| !p.assignments.is_empty()).collect();
+    let planned_ids = |plans: &[&JobPlan]| plans.iter().flat_map(|p| p.assignments.iter().flat_map(|a| a.planned.iter().map(|f| f.frame_id.clone()))).collect();
     if all.len() > 1 {
+        let _flight = ctx.booking(planned_ids(&all));
         if let Ok(BatchOutcome::Booked { frames, hosts, db_time }) = ctx.with_booker(|b| b.book_batch(&batch(&all))) {
             ctx.note_booked(frames.iter().map(|f| f.frame_id.as_str()));
             for plan in plans.iter_mut() {
@@ -28,12 +30,15 @@ pub(super) fn book_planned(ctx: &Context, pass: &Pass, plans: &mut [JobPlan], la
         ctx.metrics.booking_conflicts_total.with_label_values(&["pass_batch"]).inc();
     }
     for plan in plans.iter_mut().filter(|p| !p.assignments.is_empty()) {
+        let flight = ctx.booking(planned_ids(&[&*plan]));
         match ctx.with_booker(|b| b.book_batch(&batch(&[&*plan]))) {
             Ok(BatchOutcome::Booked { frames, hosts, db_time }) => {
                 ctx.note_booked(frames.iter().map(|f| f.frame_id.as_str()));
                 result.frames_booked += apply_batch(ctx, pass, plan, &frames, &hosts, db_time, launches);
             }
             Ok(BatchOutcome::Conflict) | Err(_) => {
+                // Each host's booking below holds its own frames.
+                drop(flight);
                 ctx.metrics.booking_conflicts_total.with_label_values(&["job_batch"]).inc();
                 result = result + book_each_host(ctx, pass, plan, launches);
             }
@@ -197,7 +202,7 @@ fn release_hold(ctx: &Context, layer: &crate::model::Layer, host: &Host) {
 /// instance did not book itself lately. A host attempt that booked nothing and lost a frame that
 /// way is a wasted attempt another booker caused.
 fn count_lost_elsewhere<'a>(ctx: &Context, lost: impl Iterator<Item = &'a str>, attempt_wasted: bool) {
-    let elsewhere = lost.filter(|id| !ctx.booked_here(id)).count() as u64;
+    let elsewhere = lost.filter(|id| !ctx.taken_here(id)).count() as u64;
     if elsewhere > 0 {
         ctx.metrics.frames_lost_elsewhere_total.inc_by(elsewhere);
         if attempt_wasted {
@@ -253,6 +258,7 @@ pub(super) fn book_on_host(
         frames: planned,
     };
     let mut plan = plan;
+    let _flight = ctx.booking(plan.frames.iter().map(|f| f.frame_id.clone()).collect());
     let mut result = ctx.with_booker(|booker| booker.book(&plan));
     // A cap refused the whole batch but had room for part of it: retry once with what fits.
     if let Ok(BookOutcome::Refused { cap, headroom: Some(headroom) }) = &result {
