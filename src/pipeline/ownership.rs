@@ -7,8 +7,9 @@
 //! of one of those allocations serves the cluster, each on the hosts of its own units (the
 //! host cache holds owned hosts only). So that they do not race for the same frames, each job
 //! falls in one instance's slot (`Serving::share`, the pass query's `job_slot`): a pass takes
-//! its own slot's jobs first, and leaves another slot's layer to that slot's instance for a
-//! moment where that instance serves one of its tags (`Serving::left_to_slot_owner`).
+//! its own slot's jobs first, and takes another slot's layer in turns: the slot's instance
+//! first, then the instances after it in rank order that serve one of the layer's tags, one
+//! `STEAL_AFTER_MS` apart (`Serving::turn`).
 //!
 //! **Locks.** Each instance holds, on one dedicated non-pooled connection, session advisory
 //! locks in the two-key form: `(MEMBER_NS, member key)` exclusive, for membership;
@@ -235,14 +236,37 @@ impl Serving {
     /// serves one of the layer's tags on hosts of its own: taking it here would race it for the
     /// same frames. What only this instance can serve is taken whatever the slot.
     pub fn left_to_slot_owner(&self, slot: i64, layer_tags: &[String]) -> bool {
+        self.turn(slot, layer_tags) > 0
+    }
+
+    /// This instance's turn at a layer of a job in `slot`: how many live instances that serve
+    /// one of the layer's tags come before it, counting from the slot's instance round the
+    /// ranks (slot, slot + 1, ...). 0: take it now. Turn k waits k steal windows, so the slot's
+    /// instance books first, then one helper, then the next: two helpers with room do not
+    /// plan the same frames at once. Different jobs have different slots, so each instance is
+    /// the first helper of some. What no earlier instance serves is this one's at once.
+    pub fn turn(&self, slot: i64, layer_tags: &[String]) -> u32 {
         let (instances, rank) = self.share();
-        if instances <= 1 || slot == rank {
-            return false;
+        let Ok(start) = usize::try_from(slot) else { return 0 };
+        if instances <= 1 || start >= self.live.len() {
+            return 0;
         }
-        let Some(owner) = usize::try_from(slot).ok().and_then(|s| self.live.get(s)) else { return false };
-        layer_tags.iter().any(|tag| {
-            self.tag_allocs.get(tag).is_some_and(|allocs| allocs.iter().any(|a| self.alloc_owners.get(a) == Some(owner)))
-        })
+        let serves = |member: &String| {
+            layer_tags.iter().any(|tag| {
+                self.tag_allocs.get(tag).is_some_and(|allocs| allocs.iter().any(|a| self.alloc_owners.get(a) == Some(member)))
+            })
+        };
+        let mut before = 0;
+        for step in 0..self.live.len() {
+            let index = (start + step) % self.live.len();
+            if index as i64 == rank {
+                return before;
+            }
+            if serves(&self.live[index]) {
+                before += 1;
+            }
+        }
+        0
     }
 
     /// Whether this instance serves the cluster now: its allocation is owned, or (tag
@@ -894,6 +918,38 @@ mod tests {
         assert!(!serving.left_to_slot_owner(7, &tags(&["fx"])), "a slot out of range is nobody's");
         let alone = Serving { live: vec!["a".into()], ..serving };
         assert!(!alone.left_to_slot_owner(1, &tags(&["fx"])), "a lone instance takes everything");
+    }
+
+    #[test]
+    fn helpers_take_turns_after_the_slots_instance() {
+        let set = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<HashSet<String>>();
+        let tags = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+        // Three instances, each owning one allocation; tag fx is on hosts of all three, gx only
+        // on b's and c's, alloc2 is c's allocation tag.
+        let view = |me: &str| Serving {
+            allocs: HashSet::new(),
+            tag_allocs: [
+                ("fx".to_string(), set(&["A0", "A1", "A2"])),
+                ("gx".to_string(), set(&["A1", "A2"])),
+                ("alloc2".to_string(), set(&["A2"])),
+            ]
+            .into_iter()
+            .collect(),
+            valid_until: Instant::now() + Duration::from_secs(5),
+            me: me.into(),
+            live: vec!["a".into(), "b".into(), "c".into()],
+            alloc_owners: [("A0", "a"), ("A1", "b"), ("A2", "c")].into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        let turns = |slot: i64, t: &[&str]| ["a", "b", "c"].map(|me| view(me).turn(slot, &tags(t)));
+        assert_eq!(turns(0, &["fx"]), [0, 1, 2], "slot 0: a, then b, then c");
+        assert_eq!(turns(1, &["fx"]), [2, 0, 1], "slot 1: b, then c, then a");
+        assert_eq!(turns(2, &["fx"]), [1, 2, 0], "slot 2: c, then a, then b");
+        // a serves no gx: in slot 0 nobody waits for it, and b comes first.
+        assert_eq!(turns(0, &["gx"]), [0, 0, 1]);
+        // Only c serves alloc2: c takes it at once in any slot.
+        assert_eq!(turns(1, &["alloc2"]), [1, 0, 0]);
+        assert_eq!(turns(0, &["alloc2"])[2], 0);
+        assert_eq!(turns(5, &["fx"]), [0, 0, 0], "a slot out of range is nobody's");
     }
 
     #[test]

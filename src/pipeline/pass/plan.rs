@@ -20,9 +20,11 @@ pub(super) fn plan_job<'a>(ctx: &Context, pass: &Pass, layers: &'a [LayerWork], 
     let mut deferred = false;
     let serving = ctx.serving();
     for work in ordered {
-        // Another slot's layer that its instance can serve is left to it for a moment; after
-        // `STEAL_AFTER_MS` of waiting anyone with room takes it (that instance may have none).
-        if serving.left_to_slot_owner(job.slot, &work.layer.tags) && ctx.leave_to_owner(&work.layer.id) {
+        // Another slot's layer that its instance can serve is left to it for a moment: this
+        // instance takes it after `STEAL_AFTER_MS` times its turn (that instance, and the
+        // helpers before this one, may have no room).
+        let turn = serving.turn(job.slot, &work.layer.tags);
+        if turn > 0 && ctx.leave_to_owner(&work.layer.id, turn) {
             debug!("layer {} of job {}: left to the instance whose slot the job is in", work.layer.name, job.name);
             deferred = true;
             continue;
