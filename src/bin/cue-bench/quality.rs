@@ -94,6 +94,8 @@ struct Tracker {
     /// Ready-but-unlaunched frames per show, licensed frames (which wait on their licence, not
     /// on cores) left out: a show with only those does not compete for cores.
     contending: [i64; SHOWS],
+    /// Core units of those frames, per show.
+    waiting_units: [i64; SHOWS],
     jobs_submitted: usize,
     frames_finished: i64,
     inversions: u64,
@@ -116,6 +118,8 @@ struct Sample {
     secs: f64,
     in_use: [i64; SHOWS],
     contending: [bool; SHOWS],
+    /// Core units of each show's ready, unlaunched, unlicensed frames.
+    waiting: [i64; SHOWS],
 }
 
 impl Sample {
@@ -135,6 +139,7 @@ struct Outcome {
     wide_wait_max: f64,
     longest_narrow_runtime: f64,
     share_deviation: f64,
+    share_deviation_sizes: f64,
     contended_samples: usize,
     inversions: u64,
     longest_fitting_wait: f64,
@@ -414,6 +419,7 @@ impl Tracker {
                 self.pending.insert(id.clone(), now);
                 if layer.kind != LayerKind::Licensed {
                     self.contending[job.show] += 1;
+                    self.waiting_units[job.show] += layer.kind.reserved_units();
                 }
             }
         }
@@ -437,6 +443,7 @@ impl Tracker {
             Some(ready) => {
                 if kind != LayerKind::Licensed {
                     self.contending[job.show] -= 1;
+                    self.waiting_units[job.show] -= kind.reserved_units();
                 }
                 ready
             }
@@ -492,6 +499,7 @@ impl Tracker {
                 self.pending.insert(frame_id.to_string(), now);
                 if kind != LayerKind::Licensed {
                     self.contending[show] += 1;
+                    self.waiting_units[show] += kind.reserved_units();
                 }
             }
             Released::Frame { .. } => {
@@ -506,7 +514,7 @@ impl Tracker {
     }
 
     fn sample(&self, secs: f64) -> Sample {
-        Sample { secs, in_use: self.in_use, contending: self.contending.map(|n| n > 0) }
+        Sample { secs, in_use: self.in_use, contending: self.contending.map(|n| n > 0), waiting: self.waiting_units }
     }
 }
 
@@ -623,6 +631,12 @@ fn utilisation(tracker: &Tracker, farm_cores: i64) -> (f64, f64) {
 
 /// Shares under contention: the samples where at least two shows wait for cores, among those
 /// shows.
+///
+/// A contender's entitlement is its weighted max-min fair share of the cores the contenders
+/// hold: shares in proportion to subscription size, except that no show is entitled to more
+/// than it asks for (the cores it holds plus those its waiting frames need); what such a show
+/// leaves goes to the others by size (water-filling). The size-only figure, which ignores
+/// demand, is kept beside it.
 #[derive(Default)]
 struct Contention {
     /// Samples counted.
@@ -633,6 +647,32 @@ struct Contention {
     counted: [usize; SHOWS],
     /// Σ |share − entitlement| over the (sample, show) pairs.
     deviation: f64,
+    /// The same with entitlements by size alone.
+    deviation_sizes: f64,
+}
+
+/// Weighted max-min shares of `total` (fractions of it): each show gets `total` in proportion
+/// to `weights`, but never more than its `demands`; what capped shows leave is shared again.
+fn water_fill(weights: &[f64], demands: &[f64], total: f64) -> Vec<f64> {
+    let mut given = vec![0.0; weights.len()];
+    let mut open: Vec<usize> = (0..weights.len()).filter(|&i| weights[i] > 0.0).collect();
+    let mut left = total;
+    while !open.is_empty() && left > 1e-9 {
+        let weight: f64 = open.iter().map(|&i| weights[i]).sum();
+        let capped: Vec<usize> = open.iter().copied().filter(|&i| demands[i] - given[i] <= left * weights[i] / weight).collect();
+        if capped.is_empty() {
+            for &i in &open {
+                given[i] += left * weights[i] / weight;
+            }
+            break;
+        }
+        for &i in &capped {
+            left -= (demands[i] - given[i]).max(0.0);
+            given[i] = given[i].max(demands[i]);
+        }
+        open.retain(|i| !capped.contains(i));
+    }
+    given.iter().map(|g| if total > 0.0 { g / total } else { 0.0 }).collect()
 }
 
 impl Contention {
@@ -645,12 +685,16 @@ impl Contention {
                 continue;
             }
             let sizes: f64 = shows.iter().map(|&s| QUALITY_SHOWS[s].1).sum();
-            for &s in &shows {
-                let (share, entitled) = (sample.in_use[s] as f64 / used as f64, QUALITY_SHOWS[s].1 / sizes);
+            let weights: Vec<f64> = shows.iter().map(|&s| QUALITY_SHOWS[s].1).collect();
+            let demands: Vec<f64> = shows.iter().map(|&s| (sample.in_use[s] + sample.waiting[s]) as f64).collect();
+            let fair = water_fill(&weights, &demands, used as f64);
+            for (k, &s) in shows.iter().enumerate() {
+                let (share, entitled) = (sample.in_use[s] as f64 / used as f64, fair[k]);
                 c.share[s] += share;
                 c.entitled[s] += entitled;
                 c.counted[s] += 1;
                 c.deviation += (share - entitled).abs();
+                c.deviation_sizes += (share - QUALITY_SHOWS[s].1 / sizes).abs();
             }
             c.samples += 1;
         }
@@ -659,11 +703,20 @@ impl Contention {
 
     /// The mean of |share − entitlement| over the counted (sample, show) pairs (NaN if none).
     fn mean_deviation(&self) -> f64 {
+        self.mean_of(self.deviation)
+    }
+
+    /// The same against entitlements by subscription size alone.
+    fn mean_deviation_sizes(&self) -> f64 {
+        self.mean_of(self.deviation_sizes)
+    }
+
+    fn mean_of(&self, sum: f64) -> f64 {
         let pairs: usize = self.counted.iter().sum();
         if pairs == 0 {
             f64::NAN
         } else {
-            self.deviation / pairs as f64
+            sum / pairs as f64
         }
     }
 
@@ -711,6 +764,7 @@ fn outcome(policy: &str, shape: &QualityShape, plan: &[PlannedJob], tracker: &Tr
         wide_wait_max: max_of(wide_waits.iter().copied()),
         longest_narrow_runtime: max_of(tracker.runs.iter().filter(|r| is_narrow(r.kind)).filter_map(Run::runtime)),
         share_deviation: contention.mean_deviation(),
+        share_deviation_sizes: contention.mean_deviation_sizes(),
         contended_samples: contention.samples,
         inversions: tracker.inversions,
         longest_fitting_wait: max_of(tracker.runs.iter().filter(|r| fits_empty_host(r.kind)).map(Run::wait)),
@@ -734,14 +788,14 @@ fn print_report(outcomes: &[Outcome]) {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| policy | utilisation | makespan s | job wait p50 / p95 / p99 s | turnaround p50 / p99 s | wide wait p99 / max s | share deviation | inversions | longest wait (fits an empty host) s | frames launched | frames dead | wall s | sched CPU s | database |"
+        "| policy | utilisation | makespan s | job wait p50 / p95 / p99 s | turnaround p50 / p99 s | wide wait p99 / max s | share deviation (by size alone) | inversions | longest wait (fits an empty host) s | frames launched | frames dead | wall s | sched CPU s | database |"
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for o in outcomes {
         let database = if o.violations.is_empty() { "consistent".to_string() } else { format!("{} violations", o.violations.len()) };
         let _ = writeln!(
             out,
-            "| {} | {:.3} | {:.1} | {:.2} / {:.2} / {:.2} | {:.1} / {:.1} | {:.2} / {:.2} | {:.3} ({} samples) | {} | {:.2} | {} | {} | {:.1} | {:.1} | {} |",
+            "| {} | {:.3} | {:.1} | {:.2} / {:.2} / {:.2} | {:.1} / {:.1} | {:.2} / {:.2} | {:.3} ({:.3}; {} samples) | {} | {:.2} | {} | {} | {:.1} | {:.1} | {} |",
             o.policy,
             o.utilisation,
             o.makespan,
@@ -753,6 +807,7 @@ fn print_report(outcomes: &[Outcome]) {
             o.wide_wait_p99,
             o.wide_wait_max,
             o.share_deviation,
+            o.share_deviation_sizes,
             o.contended_samples,
             o.inversions,
             o.longest_fitting_wait,
@@ -871,4 +926,27 @@ fn targets(outcomes: &[Outcome]) -> Targets {
         }
     }
     Targets { passed: failed.is_empty(), lines, failed }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::water_fill;
+
+    fn close(a: &[f64], b: &[f64]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-9)
+    }
+
+    #[test]
+    fn water_fill_caps_shows_at_their_demand_and_shares_the_rest_by_size() {
+        // Everyone asks for more than the pool: shares by size.
+        assert!(close(&water_fill(&[0.5, 0.3, 0.2], &[1000.0, 1000.0, 1000.0], 100.0), &[0.5, 0.3, 0.2]));
+        // The largest show asks for 10 cores of 100: the other two split the 90 by size, 3:2.
+        assert!(close(&water_fill(&[0.5, 0.3, 0.2], &[10.0, 1000.0, 1000.0], 100.0), &[0.1, 0.54, 0.36]));
+        // Capping one show pushes the next over its demand in a second round.
+        assert!(close(&water_fill(&[0.5, 0.3, 0.2], &[10.0, 40.0, 1000.0], 100.0), &[0.1, 0.4, 0.5]));
+        // Size 0 is entitled to nothing (what only it asks for stays unshared); an empty pool
+        // to nothing at all.
+        assert!(close(&water_fill(&[0.0, 1.0], &[50.0, 50.0], 100.0), &[0.0, 0.5]));
+        assert!(close(&water_fill(&[0.5, 0.5], &[0.0, 0.0], 0.0), &[0.0, 0.0]));
+    }
 }
