@@ -544,11 +544,48 @@ struct Entry {
     corrected_gpus: i64,
     opened: Instant,
     last: Instant,
+    /// Opened with what an entry closed for its age left open (`Entry::carry`): judged whole
+    /// when it closes, never carried again.
+    carried: bool,
 }
 
 impl Entry {
     fn new(now: Instant) -> Entry {
-        Entry { announced_cores: 0, announced_gpus: 0, releases: 0, corrected_cores: 0, corrected_gpus: 0, opened: now, last: now }
+        Entry { announced_cores: 0, announced_gpus: 0, releases: 0, corrected_cores: 0, corrected_gpus: 0, opened: now, last: now, carried: false }
+    }
+
+    /// A busy row's entry closes for its age while releases keep coming, so a release announced
+    /// just before the close may be corrected just after it, or the other way round. What is
+    /// still open at the close goes to the next entry instead of being judged: the announced
+    /// release not yet corrected, or the release correction not yet announced. Positive
+    /// corrections (a row that went up) are never a release's and are judged at once. Returns
+    /// the entry to open in its place, and the drift to report now.
+    fn carry(&self, now: Instant) -> (Entry, (i64, i64)) {
+        // (announced left, correction left, drift now) for one column; `low` is the lowest
+        // correction the announcements explain.
+        fn split(announced: i64, corrected: i64, low: i64) -> (i64, i64, i64) {
+            if corrected > 0 {
+                (announced.min(0), 0, corrected)
+            } else if corrected < low {
+                (0, corrected - low, 0)
+            } else {
+                ((announced - corrected).min(0), 0, 0)
+            }
+        }
+        let low_cores = self.announced_cores.min(0) - 99 * self.releases;
+        let (a_c, c_c, d_c) = split(self.announced_cores, self.corrected_cores, low_cores);
+        let (a_g, c_g, d_g) = split(self.announced_gpus, self.corrected_gpus, self.announced_gpus.min(0));
+        let next = Entry {
+            announced_cores: a_c,
+            announced_gpus: a_g,
+            releases: self.releases,
+            corrected_cores: c_c,
+            corrected_gpus: c_g,
+            opened: now,
+            last: self.last,
+            carried: true,
+        };
+        (next, (d_c, d_g))
     }
 
     /// (core units, GPUs) of correction no announcement covers. Announced releases explain a
@@ -604,12 +641,21 @@ impl Ledger {
     fn judge(&mut self, quiet: Duration, age_max: Duration, all: bool) -> BTreeMap<&'static str, (i64, i64)> {
         let mut drift: BTreeMap<&'static str, (i64, i64)> = BTreeMap::new();
         let overfull = self.map.len() > limits::ACCOUNTING_LEDGER_ROWS_MAX;
+        let now = Instant::now();
+        let mut carried: Vec<((&'static str, String), Entry)> = Vec::new();
         self.map.retain(|(table, key), e| {
             let close = all || overfull || e.last.elapsed() >= quiet || e.opened.elapsed() >= age_max;
             if !close {
                 return true;
             }
-            let (c, g) = e.unexplained();
+            let busy = !all && !overfull && !e.carried && e.last.elapsed() < quiet;
+            let (c, g) = if busy {
+                let (next, now_drift) = e.carry(now);
+                carried.push(((*table, key.clone()), next));
+                now_drift
+            } else {
+                e.unexplained()
+            };
             if c > 0 || g > 0 {
                 debug!("accounting: drift on {table} {}: announced {} core units / {} GPUs, corrected {} / {}", escape(key), e.announced_cores, e.announced_gpus, e.corrected_cores, e.corrected_gpus);
                 let d = drift.entry(*table).or_insert((0, 0));
@@ -618,6 +664,7 @@ impl Ledger {
             }
             false
         });
+        self.map.extend(carried);
         drift
     }
 }
@@ -1225,5 +1272,51 @@ mod tests {
         ledger.announce(&r);
         assert!(ledger.judge(Duration::from_secs(3600), Duration::from_secs(3600), false).is_empty());
         assert_eq!(ledger.map.len(), 5);
+    }
+
+    /// A busy row's entry closes for its age between a GPU release's announcement and its
+    /// correction (or the other way round): the open half goes to the next entry, which the
+    /// other half then meets, so neither is reported as drift. A correction nothing ever
+    /// announces is still drift, one entry later.
+    #[test]
+    fn a_busy_rows_entry_carries_what_is_open_across_its_age_limit() {
+        let gpu_release = Release {
+            show: "S".into(),
+            alloc: "A".into(),
+            folder: "F".into(),
+            job: "J".into(),
+            layer: "L".into(),
+            dept: "D".into(),
+            cores: -1,
+            gpus: -1,
+        };
+        let correction = |cores: (i64, i64), gpus: (i64, i64)| Correction { table: "point", key: "S/D".into(), show: "S".into(), cores, gpus };
+        let quiet = Duration::from_secs(3600);
+        let aged = |ledger: &mut Ledger| ledger.judge(quiet, Duration::ZERO, false);
+        let point = |ledger: &Ledger| *ledger.map.get(&("point", "S/D".to_string())).expect("point entry");
+        // Announced, then the entry ages out, then corrected.
+        let mut ledger = Ledger::default();
+        ledger.announce(&gpu_release);
+        assert!(aged(&mut ledger).is_empty(), "nothing judged while the release is open");
+        assert!(point(&ledger).carried);
+        ledger.correct(&correction((100, 0), (1, 0)));
+        assert!(ledger.judge(quiet, quiet, true).is_empty(), "the carried announcement explains the correction");
+        // Corrected, then the entry ages out, then announced.
+        let mut ledger = Ledger::default();
+        ledger.correct(&correction((100, 0), (1, 0)));
+        assert!(aged(&mut ledger).is_empty());
+        ledger.announce(&gpu_release);
+        assert!(ledger.judge(quiet, quiet, true).is_empty(), "the carried correction meets its announcement");
+        // Corrected and never announced: drift once the carried entry closes (it is not carried
+        // twice).
+        let mut ledger = Ledger::default();
+        ledger.correct(&correction((0, 0), (1, 0)));
+        assert!(aged(&mut ledger).is_empty());
+        assert_eq!(aged(&mut ledger).get("point"), Some(&(0, 1)));
+        // A row that went up is drift at once.
+        let mut ledger = Ledger::default();
+        ledger.announce(&gpu_release);
+        ledger.correct(&correction((0, 0), (0, 2)));
+        assert_eq!(aged(&mut ledger).get("point"), Some(&(0, 2)));
     }
 }
