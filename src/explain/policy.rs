@@ -50,11 +50,12 @@ pub struct HoldLine {
 }
 
 /// The subscriptions on every pool the show subscribes to: (alloc id, alloc name, show id,
-/// size, cores, show has waiting work, the pool's open cores and idle cores).
+/// size, cores, core units its waiting frames need, the pool's open cores and idle cores).
 const SHARES_SQL: &str = "
     SELECT s.pk_alloc::text, a.str_name::text, s.pk_show::text, s.int_size::bigint, s.int_cores::bigint,
-           EXISTS (SELECT 1 FROM job j JOIN job_stat js ON js.pk_job = j.pk_job
-                   WHERE j.pk_show = s.pk_show AND j.str_state = 'PENDING' AND NOT j.b_paused AND js.int_waiting_count > 0),
+           (SELECT COALESCE(sum(GREATEST(l.int_cores_min, 100) * ls.int_waiting_count), 0)::bigint
+            FROM job j JOIN layer l ON l.pk_job = j.pk_job JOIN layer_stat ls ON ls.pk_layer = l.pk_layer
+            WHERE j.pk_show = s.pk_show AND j.str_state = 'PENDING' AND NOT j.b_paused AND ls.int_waiting_count > 0),
            (SELECT COALESCE(sum(h.int_cores), 0)::bigint FROM host h WHERE h.pk_alloc = s.pk_alloc AND h.str_lock_state = 'OPEN'),
            (SELECT COALESCE(sum(h.int_cores_idle), 0)::bigint FROM host h WHERE h.pk_alloc = s.pk_alloc AND h.str_lock_state = 'OPEN')
     FROM subscription s JOIN alloc a ON a.pk_alloc = s.pk_alloc
@@ -91,13 +92,13 @@ fn read_shares(client: &mut Client, show_id: &str, tolerance: f64) -> Result<Vec
         let alloc: String = row.try_get(0).map_err(|e| format!("read subscriptions: {e}"))?;
         let name: String = row.try_get(1).map_err(|e| format!("read subscriptions: {e}"))?;
         let show: String = row.try_get(2).map_err(|e| format!("read subscriptions: {e}"))?;
-        let demanding: bool = row.try_get(5).map_err(|e| format!("read subscriptions: {e}"))?;
+        let waiting: i64 = row.try_get::<_, i64>(5).map_err(|e| format!("read subscriptions: {e}"))?.max(0);
         let (size, used, pool) = (get(3)?, get(4)?, Pool { cores: get(6)?, idle: get(7)? });
         if pools.last().is_none_or(|p| p.0 != alloc) {
             pools.push((alloc.clone(), name, pool, Vec::new()));
         }
         if let Some(p) = pools.last_mut() {
-            p.3.push(ShowUse { show_id: show, size, used, demanding });
+            p.3.push(ShowUse { show_id: show, size, used, demanding: waiting > 0, waiting });
         }
     }
     Ok(pools

@@ -224,20 +224,38 @@ pub struct ShowUse {
     pub used: i64,
     /// It had frames left unbooked in a recent pass.
     pub demanding: bool,
+    /// Core units of the frames its last such pass left unbooked (a lower bound of what it
+    /// waits for: a pass reads a bounded batch); 0 when not demanding.
+    pub waiting: i64,
 }
 
-/// Each demanding show's entitlement on a pool of `pool_cores`: its share by subscription size
-/// (`show` is always counted as demanding). Shows with size 0 are entitled to nothing.
+/// Each demanding show's entitlement on a pool of `pool_cores` (`show` always counts, as
+/// demanding without limit): the pool shared by subscription size, weighted max-min. No show is
+/// entitled to more than it asks for (what it holds plus what it waits for); what such a show
+/// leaves is shared again among the others by size. Shows with size 0 are entitled to nothing.
 pub fn entitlements(pool_cores: i64, shows: &[ShowUse], show: &str) -> HashMap<String, i64> {
     let demanding: Vec<&ShowUse> = shows.iter().filter(|s| s.demanding || s.show_id == show).collect();
-    let total: i64 = demanding.iter().map(|s| s.size.max(0)).sum();
-    demanding
-        .iter()
-        .map(|s| {
-            let e = if total > 0 { (pool_cores as f64 * s.size.max(0) as f64 / total as f64) as i64 } else { 0 };
-            (s.show_id.clone(), e)
-        })
-        .collect()
+    let asks = |s: &ShowUse| if s.show_id == show { i64::MAX } else { s.used.max(0).saturating_add(s.waiting.max(0)) };
+    let mut given: HashMap<String, i64> = demanding.iter().map(|s| (s.show_id.clone(), 0)).collect();
+    let mut open: Vec<&ShowUse> = demanding.iter().copied().filter(|s| s.size > 0).collect();
+    let mut left = pool_cores.max(0);
+    while !open.is_empty() && left > 0 {
+        let weight: i64 = open.iter().map(|s| s.size).sum();
+        let fair = |s: &ShowUse| (left as f64 * s.size as f64 / weight as f64) as i64;
+        let (capped, rest): (Vec<&ShowUse>, Vec<&ShowUse>) = open.iter().partition(|s| asks(s) <= fair(s));
+        if capped.is_empty() {
+            for s in &rest {
+                given.insert(s.show_id.clone(), fair(s));
+            }
+            break;
+        }
+        for s in &capped {
+            left -= asks(s);
+            given.insert(s.show_id.clone(), asks(s));
+        }
+        open = rest;
+    }
+    given
 }
 
 /// How many more core units `show` may book on the pool in this pass; `None`: no fair-share
@@ -328,6 +346,8 @@ struct ShowState {
     /// Decayed used ÷ entitlement, for the gauge and `explain`.
     share: f64,
     last_demand: Option<Instant>,
+    /// Core units the last pass that left frames unbooked left (`ShowUse::waiting`).
+    waiting: i64,
 }
 
 #[derive(Default)]
@@ -516,14 +536,15 @@ impl Policy {
         }
     }
 
-    /// A pass of `show` on the pool left frames unbooked (`unmet`) or not.
-    pub fn note_pass(&self, alloc_id: &str, show_id: &str, unmet: bool, now: Instant) {
-        if !unmet {
+    /// A pass of `show` on the pool left `unmet` core units of frames unbooked (0: none).
+    pub fn note_pass(&self, alloc_id: &str, show_id: &str, unmet: i64, now: Instant) {
+        if unmet <= 0 {
             return;
         }
         let mut state = self.state.lock();
         if let Some(s) = state.shows.get_mut(&(alloc_id.to_string(), show_id.to_string())) {
             s.last_demand = Some(now);
+            s.waiting = unmet;
         }
     }
 
@@ -543,7 +564,8 @@ impl Policy {
                 ShowState {
                     row: row.clone(),
                     share: previous.as_ref().map_or(0.0, |p| p.share),
-                    last_demand: previous.and_then(|p| p.last_demand),
+                    last_demand: previous.as_ref().and_then(|p| p.last_demand),
+                    waiting: previous.map_or(0, |p| p.waiting),
                 },
             );
         }
@@ -681,6 +703,7 @@ fn shows_of(state: &State, alloc_id: &str, window: Duration, now: Instant) -> Ve
             size: s.row.size,
             used: s.row.used,
             demanding: recent(s.last_demand),
+            waiting: if recent(s.last_demand) { s.waiting } else { 0 },
         })
         .collect();
     shows.sort_by(|a, b| a.show_id.cmp(&b.show_id));

@@ -114,8 +114,14 @@ fn backfill_only_ends_before_the_hold_is_due() {
     assert!(!backfill_ok(now, now, Some(0.5)));
 }
 
+/// A show; a demanding one waits for more than any pool here holds.
 fn show(id: &str, size: i64, used: i64, demanding: bool) -> ShowUse {
-    ShowUse { show_id: id.into(), size: size * CORE, used: used * CORE, demanding }
+    ShowUse { show_id: id.into(), size: size * CORE, used: used * CORE, demanding, waiting: if demanding { 10_000 * CORE } else { 0 } }
+}
+
+/// A demanding show that waits for `waiting` more cores.
+fn asking(id: &str, size: i64, used: i64, waiting: i64) -> ShowUse {
+    ShowUse { show_id: id.into(), size: size * CORE, used: used * CORE, demanding: true, waiting: waiting * CORE }
 }
 
 #[test]
@@ -153,6 +159,27 @@ fn entitlements_split_the_pool_by_size_among_demanding_shows() {
     // The asking show always counts.
     let e = entitlements(100 * CORE, &shows, "c");
     assert_eq!(e.get("c"), Some(&(30 * CORE)));
+}
+
+#[test]
+fn entitlements_never_exceed_what_a_show_asks_for() {
+    // b (size 50) holds 10 and waits for 5 more: entitled to its 15; a and c share the other
+    // 85 by size, 2:3.
+    let shows = vec![asking("a", 20, 0, 500), asking("b", 50, 10, 5), asking("c", 30, 0, 500)];
+    let e = entitlements(100 * CORE, &shows, "a");
+    assert_eq!((e["a"] / CORE, e["b"] / CORE, e["c"] / CORE), (34, 15, 51));
+    // Capping b leaves c over its demand in the second round: c gets its 40, a the rest.
+    let shows = vec![asking("a", 20, 0, 500), asking("b", 50, 10, 5), asking("c", 30, 30, 10)];
+    let e = entitlements(100 * CORE, &shows, "a");
+    assert_eq!((e["a"] / CORE, e["b"] / CORE, e["c"] / CORE), (45, 15, 40));
+    // The asking show is never capped by what the last pass saw of it.
+    let e = entitlements(100 * CORE, &[asking("a", 20, 0, 0), asking("b", 80, 10, 0)], "a");
+    assert_eq!((e["a"] / CORE, e["b"] / CORE), (90, 10));
+    // So a show whose demand is met is not starved, and does not hold the big asker back.
+    let shows = vec![asking("a", 20, 80, 50), asking("b", 80, 10, 0)];
+    assert_eq!(fair_budget(100 * CORE, &shows, "a", 0.05), None);
+    let shows = vec![asking("a", 20, 80, 50), asking("b", 80, 10, 30)];
+    assert_eq!(fair_budget(100 * CORE, &shows, "a", 0.05).map(|u| u / CORE), Some(0), "b waits for 30 and holds 10 of its 40");
 }
 
 #[test]
@@ -237,16 +264,16 @@ fn budget_follows_demand_and_its_window() {
     policy.update_subscriptions(&rows, HashMap::from([("A".to_string(), Pool { cores: 100 * CORE, idle: 0 })]), t0);
     // Nobody has shown demand: no limit.
     assert_eq!(policy.budget("A", "small", t0), None);
-    policy.note_pass("A", "big", true, t0);
-    policy.note_pass("A", "small", true, t0);
+    policy.note_pass("A", "big", 1_000 * CORE, t0);
+    policy.note_pass("A", "small", 1_000 * CORE, t0);
     assert_eq!(policy.budget("A", "small", t0 + Duration::from_secs(1)), Some(0));
     // The demand lapses after the window.
     assert_eq!(policy.budget("A", "small", t0 + Duration::from_secs(4)), None);
     // Unknown pools are not limited.
     assert_eq!(policy.budget("B", "small", t0), None);
     // Nor is a pool with idle cores left over (the short show cannot use them).
-    policy.note_pass("A", "big", true, t0 + Duration::from_secs(5));
-    policy.note_pass("A", "small", true, t0 + Duration::from_secs(5));
+    policy.note_pass("A", "big", 1_000 * CORE, t0 + Duration::from_secs(5));
+    policy.note_pass("A", "small", 1_000 * CORE, t0 + Duration::from_secs(5));
     assert_eq!(policy.budget("A", "small", t0 + Duration::from_secs(5)), Some(0));
     // With idle room left over, nobody is held back (the short show could not use it).
     let t5 = t0 + Duration::from_secs(5);

@@ -548,7 +548,9 @@ fn policy_section_names_the_share_the_hold_and_what_the_job_waits_for() {
     let out = explain_with(&config, "showa-job", None);
     for expected in [
         "scheduling policy smart",
-        "share on lax.general: 12 cores booked of 4 entitled (4 subscribed), 3.00 of its share; held to its share",
+        // showb waits for 4 cores (its job's 4 one-core frames), so it is entitled to those 4
+        // and showa to the other 12 of the 16-core pool; showb has none of its 4 yet.
+        "share on lax.general: 12 cores booked of 12 entitled (4 subscribed), 1.00 of its share; held to its share",
         "reservation: host gen-01 held for frame 0001-render of layer render (8 cores) for 4 s; expected free in 12 s",
         "waiting for: fair_share, reservation_pending",
     ] {

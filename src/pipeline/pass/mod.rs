@@ -145,7 +145,8 @@ fn after_pass(ctx: &Context, pass: &Pass, plans: &[JobPlan]) {
     let now = Instant::now();
     let left: Vec<&LayerState> = plans.iter().flat_map(|p| &p.states).filter(|s| !s.frames.is_empty()).collect();
     if let Some(alloc) = &pass.cluster.alloc_id {
-        ctx.policy.note_pass(alloc, &pass.cluster.show_id, !left.is_empty(), now);
+        let unmet: i64 = left.iter().map(|s| s.frames.len() as i64 * min_frame_units(s.work)).sum();
+        ctx.policy.note_pass(alloc, &pass.cluster.show_id, unmet, now);
     }
     // A show held to its fair share does not hold hosts for frames it may not book.
     let fair_room = pass.fair_budget.as_ref().map_or(i64::MAX, |b| b.load(Ordering::SeqCst));
