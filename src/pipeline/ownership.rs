@@ -378,6 +378,34 @@ const TAG_ALLOCS_SQL: &str = "
     FROM host_tag t JOIN host h ON h.pk_host = t.pk_host
     WHERE t.str_tag = ANY($1)";
 
+/// Who serves each allocation as this tick leaves it: this instance for what it owns now; for
+/// the rest, the live peer holding the unit's lock when the tick read it, or, where that was
+/// this instance (it has just given the unit up) or nobody, the live peer the assignment gives
+/// it to (every instance computes the same one, and that peer takes it on its own tick). Never
+/// this instance for a unit it no longer holds: a stale self-entry made helpers think no one
+/// served the layers of the pools just handed over, so two of them took the same ones at once.
+fn alloc_owners(
+    units: &[Unit],
+    owned: &HashSet<u32>,
+    held_by: &HashMap<u32, String>,
+    target: &BTreeMap<u32, String>,
+    live: &[String],
+    me: &str,
+) -> HashMap<String, String> {
+    let peer = |o: &&String| o.as_str() != me && live.contains(o);
+    units
+        .iter()
+        .filter_map(|u| {
+            let owner = if owned.contains(&u.key) {
+                Some(me.to_string())
+            } else {
+                held_by.get(&u.key).filter(peer).or_else(|| target.get(&u.key).filter(peer)).cloned()
+            };
+            owner.map(|o| (u.alloc_id.clone(), o))
+        })
+        .collect()
+}
+
 /// Reads every advisory lock of ours with its session.
 pub fn read_locks(client: &mut Client) -> Result<LockView, DbError> {
     const CTX: &str = "read ownership locks";
@@ -642,14 +670,7 @@ impl Ownership {
         let mut sorted = live.clone();
         sorted.sort();
         self.live = sorted;
-        self.alloc_owners = self
-            .units
-            .iter()
-            .filter_map(|u| {
-                let owner = if self.owned.contains(&u.key) { Some(id.clone()) } else { owners.get(&u.key).filter(|o| live.contains(o)).cloned() };
-                owner.map(|o| (u.alloc_id.clone(), o))
-            })
-            .collect();
+        self.alloc_owners = alloc_owners(&self.units, &self.owned, &owners, &target.owner, &live, &id);
         ctx.metrics.instances_live.set(live.len() as i64);
         ctx.metrics.owned_units.set(self.owned.len() as i64);
         self.publish(ctx, started);
@@ -918,6 +939,26 @@ mod tests {
         assert!(!serving.left_to_slot_owner(7, &tags(&["fx"])), "a slot out of range is nobody's");
         let alone = Serving { live: vec!["a".into()], ..serving };
         assert!(!alone.left_to_slot_owner(1, &tags(&["fx"])), "a lone instance takes everything");
+    }
+
+    #[test]
+    fn allocation_owners_never_name_this_instance_for_a_pool_it_gave_up() {
+        let units: Vec<Unit> = (1..=3).map(|k| unit(k, 100)).collect();
+        let map = |pairs: &[(u32, &str)]| pairs.iter().map(|(k, v)| (*k, v.to_string())).collect::<HashMap<u32, String>>();
+        let target = |pairs: &[(u32, &str)]| pairs.iter().map(|(k, v)| (*k, v.to_string())).collect::<BTreeMap<u32, String>>();
+        let live: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let owned: HashSet<u32> = [1].into_iter().collect();
+        let alloc = |k: u32| units.iter().find(|u| u.key == k).expect("unit").alloc_id.clone();
+        // The tick read a holding units 1 and 2 and gave 2 to b, who takes it on its own tick.
+        let got = alloc_owners(&units, &owned, &map(&[(1, "a"), (2, "a"), (3, "c")]), &target(&[(1, "a"), (2, "b"), (3, "c")]), &live, "a");
+        assert_eq!(got.get(&alloc(1)).map(String::as_str), Some("a"));
+        assert_eq!(got.get(&alloc(2)).map(String::as_str), Some("b"), "the assignment's owner, not the stale self-entry");
+        assert_eq!(got.get(&alloc(3)).map(String::as_str), Some("c"));
+        // A dead holder gives way to the assignment; a unit the assignment gives back to this
+        // instance, which does not hold it, has no owner yet.
+        let got = alloc_owners(&units, &owned, &map(&[(3, "d")]), &target(&[(2, "a"), (3, "c")]), &live, "a");
+        assert_eq!(got.get(&alloc(3)).map(String::as_str), Some("c"));
+        assert_eq!(got.get(&alloc(2)), None);
     }
 
     #[test]
