@@ -201,6 +201,9 @@ pub struct Serving {
     pub live: Vec<String>,
     /// Allocation -> its live owner, as of the last tick.
     pub alloc_owners: HashMap<String, String>,
+    /// (allocation, tag) -> the most idle core units on one of the allocation's open hosts
+    /// with that tag, as of the last tick.
+    pub alloc_room: HashMap<(String, String), i64>,
 }
 
 impl Serving {
@@ -212,6 +215,7 @@ impl Serving {
             me: String::new(),
             live: Vec::new(),
             alloc_owners: HashMap::new(),
+            alloc_room: HashMap::new(),
         }
     }
 
@@ -236,7 +240,7 @@ impl Serving {
     /// serves one of the layer's tags on hosts of its own: taking it here would race it for the
     /// same frames. What only this instance can serve is taken whatever the slot.
     pub fn left_to_slot_owner(&self, slot: i64, layer_tags: &[String]) -> bool {
-        self.turn(slot, layer_tags) > 0
+        self.turn(slot, layer_tags, 0) > 0
     }
 
     /// This instance's turn at a layer of a job in `slot`: how many live instances that serve
@@ -244,16 +248,22 @@ impl Serving {
     /// ranks (slot, slot + 1, ...). 0: take it now. Turn k waits k steal windows, so the slot's
     /// instance books first, then one helper, then the next: two helpers with room do not
     /// plan the same frames at once. Different jobs have different slots, so each instance is
-    /// the first helper of some. What no earlier instance serves is this one's at once.
-    pub fn turn(&self, slot: i64, layer_tags: &[String]) -> u32 {
+    /// the first helper of some. What no earlier instance serves is this one's at once, and so
+    /// is what no earlier instance has room for: an instance counts only where one of its
+    /// pools had a host with one of the layer's tags and `need` idle core units at the last
+    /// tick (a pool and tag not read yet count as having room).
+    pub fn turn(&self, slot: i64, layer_tags: &[String], need: i64) -> u32 {
         let (instances, rank) = self.share();
         let Ok(start) = usize::try_from(slot) else { return 0 };
         if instances <= 1 || start >= self.live.len() {
             return 0;
         }
+        let room = |alloc: &String, tag: &String| self.alloc_room.get(&(alloc.clone(), tag.clone())).is_none_or(|units| *units >= need);
         let serves = |member: &String| {
             layer_tags.iter().any(|tag| {
-                self.tag_allocs.get(tag).is_some_and(|allocs| allocs.iter().any(|a| self.alloc_owners.get(a) == Some(member)))
+                self.tag_allocs
+                    .get(tag)
+                    .is_some_and(|allocs| allocs.iter().any(|a| self.alloc_owners.get(a) == Some(member) && room(a, tag)))
             })
         };
         let mut before = 0;
@@ -406,6 +416,21 @@ fn alloc_owners(
         .collect()
 }
 
+/// The most idle core units on one open, up host of each allocation with each tag.
+const ROOM_SQL: &str = "
+    SELECT h.pk_alloc::text, t.str_tag::text, max(h.int_cores_idle)::bigint
+    FROM host h JOIN host_stat hs ON hs.pk_host = h.pk_host JOIN host_tag t ON t.pk_host = h.pk_host
+    WHERE h.str_lock_state = 'OPEN' AND hs.str_state = 'UP'
+    GROUP BY 1, 2";
+
+fn read_room(client: &mut Client) -> Result<HashMap<(String, String), i64>, DbError> {
+    const CTX: &str = "read pool room";
+    let rows = client.query(ROOM_SQL, &[]).map_err(DbError::query(CTX))?;
+    rows.iter()
+        .map(|row| Ok(((db::queries::col(row, 0, CTX)?, db::queries::col(row, 1, CTX)?), db::queries::col(row, 2, CTX)?)))
+        .collect()
+}
+
 /// Reads every advisory lock of ours with its session.
 pub fn read_locks(client: &mut Client) -> Result<LockView, DbError> {
     const CTX: &str = "read ownership locks";
@@ -491,6 +516,8 @@ pub struct Ownership {
     /// Live instances (sorted), and each allocation's live owner, from the last tick.
     live: Vec<String>,
     alloc_owners: HashMap<String, String>,
+    /// Most idle core units on one open host, per allocation and tag, read each tick.
+    alloc_room: HashMap<(String, String), i64>,
     /// Units that came by a rebalance, and when (`OWNERSHIP_HOLD_MIN_MS`).
     moved_in: HashMap<u32, Instant>,
     units: Vec<Unit>,
@@ -516,6 +543,7 @@ impl Ownership {
             moved_in: HashMap::new(),
             live: Vec::new(),
             alloc_owners: HashMap::new(),
+            alloc_room: HashMap::new(),
             units: Vec::new(),
             tag_allocs: HashMap::new(),
             units_read: None,
@@ -551,6 +579,7 @@ impl Ownership {
                 self.owned.clear();
                 self.live.clear();
                 self.alloc_owners.clear();
+                self.alloc_room.clear();
                 self.publish(ctx, Instant::now());
             }
         }
@@ -610,6 +639,7 @@ impl Ownership {
             self.clusters_seen = clusters_generation;
         }
         let mut view = read_locks(self.client()?)?;
+        self.alloc_room = read_room(self.client()?)?;
         if self.fence_stale(ctx, &view)? {
             view = read_locks(self.client()?)?;
         }
@@ -790,6 +820,7 @@ impl Ownership {
             me: self.id.clone(),
             live: self.live.clone(),
             alloc_owners: self.alloc_owners.clone(),
+            alloc_room: self.alloc_room.clone(),
         };
         ctx.set_serving(serving);
     }
@@ -930,6 +961,7 @@ mod tests {
             me: "a".into(),
             live: vec!["a".into(), "b".into()],
             alloc_owners: [("A0".to_string(), "a".to_string()), ("A1".to_string(), "b".to_string())].into_iter().collect(),
+            alloc_room: HashMap::new(),
         };
         let tags = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<String>>();
         assert_eq!(serving.share(), (2, 0));
@@ -980,8 +1012,9 @@ mod tests {
             me: me.into(),
             live: vec!["a".into(), "b".into(), "c".into()],
             alloc_owners: [("A0", "a"), ("A1", "b"), ("A2", "c")].into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            alloc_room: HashMap::new(),
         };
-        let turns = |slot: i64, t: &[&str]| ["a", "b", "c"].map(|me| view(me).turn(slot, &tags(t)));
+        let turns = |slot: i64, t: &[&str]| ["a", "b", "c"].map(|me| view(me).turn(slot, &tags(t), 100));
         assert_eq!(turns(0, &["fx"]), [0, 1, 2], "slot 0: a, then b, then c");
         assert_eq!(turns(1, &["fx"]), [2, 0, 1], "slot 1: b, then c, then a");
         assert_eq!(turns(2, &["fx"]), [1, 2, 0], "slot 2: c, then a, then b");
@@ -991,6 +1024,15 @@ mod tests {
         assert_eq!(turns(1, &["alloc2"]), [1, 0, 0]);
         assert_eq!(turns(0, &["alloc2"])[2], 0);
         assert_eq!(turns(5, &["fx"]), [0, 0, 0], "a slot out of range is nobody's");
+        // Room at the last tick: a's pool has a host with 4 idle cores, b's pool none, c's 32.
+        let roomy = |me: &str| Serving {
+            alloc_room: [("A0", 400), ("A1", 0), ("A2", 3200)].into_iter().map(|(k, v)| ((k.to_string(), "fx".to_string()), v)).collect(),
+            ..view(me)
+        };
+        let turns_for = |slot: i64, need: i64| ["a", "b", "c"].map(|me| roomy(me).turn(slot, &tags(&["fx"]), need));
+        assert_eq!(turns_for(0, 200), [0, 1, 1], "a has room for 2 cores: b and c wait for it, c not for b");
+        assert_eq!(turns_for(0, 800), [0, 0, 0], "nobody waits for pools without room for 8 cores");
+        assert_eq!(turns_for(1, 100), [1, 0, 0], "b has no room: c takes it at once, a after c");
     }
 
     #[test]

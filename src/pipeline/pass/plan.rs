@@ -23,7 +23,7 @@ pub(super) fn plan_job<'a>(ctx: &Context, pass: &Pass, layers: &'a [LayerWork], 
         // Another slot's layer that its instance can serve is left to it for a moment: this
         // instance takes it after `STEAL_AFTER_MS` times its turn (that instance, and the
         // helpers before this one, may have no room).
-        let turn = serving.turn(job.slot, &work.layer.tags);
+        let turn = serving.turn(job.slot, &work.layer.tags, min_frame_units(work));
         if turn > 0 && ctx.leave_to_owner(&work.layer.id, turn) {
             debug!("layer {} of job {}: left to the instance whose slot the job is in", work.layer.name, job.name);
             deferred = true;
