@@ -282,6 +282,9 @@ fn throughput(args: &Args, server: &Server, workload: &str, schema: &str, sql: &
     if n > 1 {
         note = format!("{note}{}booked/wasted/wasted by others/frames lost per instance {}{}", if note.is_empty() { "" } else { "; " }, shares.join(", "), if joined { "" } else { " (pools not split before the start)" });
     }
+    if workload != "saturation" && booked < eligible as i64 {
+        note = format!("{note}{}{}", if note.is_empty() { "" } else { "; " }, left_waiting(&mut poller)?);
+    }
     Ok(Row {
         workload: workload.into(),
         schema: schema.into(),
@@ -319,6 +322,41 @@ fn wait_for_drain(poller: &mut Client, workload: &str, eligible: usize, started:
             return (running, last_change);
         }
     }
+}
+
+/// What a drain left waiting, and whether anything could still take it: per layer with WAITING
+/// frames, how many hosts carry one of its tags and how many of those have the room one frame
+/// needs (cores and memory) now. Frames here never end, so "no host has room" is a packing dead
+/// end; a layer with a host that has room is a scheduler that stopped booking.
+fn left_waiting(client: &mut Client) -> Result<String, String> {
+    let rows = client
+        .query(
+            "/* cue-bench */
+             WITH w AS (
+               SELECT l.pk_layer, l.str_tags, l.int_cores_min, l.int_mem_min, count(*) AS n
+               FROM frame f JOIN layer l ON l.pk_layer = f.pk_layer
+               WHERE f.str_state = 'WAITING' GROUP BY 1, 2, 3, 4)
+             SELECT w.n::bigint,
+                    (SELECT count(DISTINCT h.pk_host) FROM host h JOIN host_tag t ON t.pk_host = h.pk_host
+                     WHERE t.str_tag = ANY(string_to_array(replace(w.str_tags, ' ', ''), '|')))::bigint,
+                    (SELECT count(DISTINCT h.pk_host) FROM host h JOIN host_tag t ON t.pk_host = h.pk_host
+                     WHERE t.str_tag = ANY(string_to_array(replace(w.str_tags, ' ', ''), '|'))
+                       AND h.str_lock_state = 'OPEN' AND h.int_cores_idle >= w.int_cores_min
+                       AND h.int_mem_idle >= w.int_mem_min)::bigint
+             FROM w LIMIT 100",
+            &[],
+        )
+        .map_err(|e| format!("left waiting: {e}"))?;
+    let layers: Vec<(i64, i64, i64)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    let totals = client
+        .query_one("/* cue-bench */ SELECT count(*)::bigint, count(DISTINCT pk_layer)::bigint FROM frame WHERE str_state = 'WAITING'", &[])
+        .map_err(|e| format!("left waiting: {e}"))?;
+    let (frames, all_layers): (i64, i64) = (totals.get(0), totals.get(1));
+    let with_room = layers.iter().filter(|l| l.2 > 0).count();
+    Ok(format!(
+        "left waiting: {frames} frames of {all_layers} layers; of {} layers checked, {with_room} have a host with room now (0: a packing dead end, as frames never end here)",
+        layers.len()
+    ))
 }
 
 fn rows_read(client: &mut Client) -> Result<f64, String> {

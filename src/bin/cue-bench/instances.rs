@@ -1,7 +1,7 @@
 //! Several instances (issue 10): waiting for the pools to be split, and the `failover` workload
 //! (kill -9 mid-drain, a joiner, SIGSTOP and SIGCONT), with the invariants checked after.
 
-use super::{db_message, drain_shape, poll_running, prepare, settle_and_reset, start_instances, wait_until, Args};
+use super::{db_message, drain_shape, left_waiting, poll_running, prepare, settle_and_reset, start_instances, wait_until, Args};
 use cue_scheduler::pipeline::ownership;
 use cue_scheduler::sim::farm::{Farm, LayerSpec, Server};
 use cue_scheduler::sim::procs;
@@ -87,6 +87,8 @@ pub fn failover(args: &Args, server: &Server, schema: &str, sql: &str) -> Result
     signal(victim, libc::SIGKILL);
     let resume = probe(&mut poller, &mut farm, &org, "failover-probe-kill", &victim_tag, killed_at, Duration::from_secs(30))?;
     let drained = wait(Duration::from_secs(args.timeout_secs), || poll_running(&mut poller) > eligible as i64);
+    // What the survivors left, read now (before the joiner and the freeze change the farm).
+    let left = if drained { String::new() } else { format!(" ({})", left_waiting(&mut poller)?) };
     let drain_secs = started.elapsed().as_secs_f64();
 
     // A joiner: time until it owns a pool.
@@ -135,7 +137,7 @@ pub fn failover(args: &Args, server: &Server, schema: &str, sql: &str) -> Result
     let verdict = if violations.is_empty() && twice == 0 && split && drained {
         "invariants clean, no frame booked twice".to_string()
     } else {
-        format!("split {split}, drained {drained}, frames booked twice {twice}, violations: {}", violations.join("; "))
+        format!("split {split}, drained {drained}{left}, frames booked twice {twice}, violations: {}", violations.join("; "))
     };
     let line = format!(
         "failover ({schema}, {} hosts, {eligible} frames, 3 instances): kill -9 at {at_kill} running -> first booking on its pool {resume:.2} s later; drain done {drain_secs:.1} s; \
