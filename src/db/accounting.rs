@@ -572,9 +572,9 @@ impl Entry {
                 ((announced - corrected).min(0), 0, 0)
             }
         }
-        let low_cores = self.announced_cores.min(0) - 99 * self.releases;
+        let (low_cores, low_gpus) = self.lowest_explained();
         let (a_c, c_c, d_c) = split(self.announced_cores, self.corrected_cores, low_cores);
-        let (a_g, c_g, d_g) = split(self.announced_gpus, self.corrected_gpus, self.announced_gpus.min(0));
+        let (a_g, c_g, d_g) = split(self.announced_gpus, self.corrected_gpus, low_gpus);
         let next = Entry {
             announced_cores: a_c,
             announced_gpus: a_g,
@@ -601,8 +601,14 @@ impl Entry {
                 0
             }
         }
-        let low_cores = self.announced_cores.min(0) - 99 * self.releases;
-        (outside(self.corrected_cores, low_cores), outside(self.corrected_gpus, self.announced_gpus.min(0)))
+        let (low_cores, low_gpus) = self.lowest_explained();
+        (outside(self.corrected_cores, low_cores), outside(self.corrected_gpus, low_gpus))
+    }
+
+    /// The lowest (most negative) total correction of (core units, GPUs) the announcements
+    /// explain: what they announced, less up to 99 core units of truncation per release.
+    fn lowest_explained(&self) -> (i64, i64) {
+        (self.announced_cores.min(0) - 99 * self.releases, self.announced_gpus.min(0))
     }
 }
 
@@ -1221,18 +1227,23 @@ mod tests {
         assert!(matches!(parse_notice("acct_release", &huge), Notice::Bad(_)));
     }
 
-    #[test]
-    fn ledger_tells_announced_releases_from_drift() {
-        let r = Release {
+    /// A release of show S on A, folder F, job J, layer L, department D.
+    fn release(cores: i64, gpus: i64) -> Release {
+        Release {
             show: "S".into(),
             alloc: "A".into(),
             folder: "F".into(),
             job: "J".into(),
             layer: "L".into(),
             dept: "D".into(),
-            cores: -1, // 150 core units, announced truncated
-            gpus: 0,
-        };
+            cores,
+            gpus,
+        }
+    }
+
+    #[test]
+    fn ledger_tells_announced_releases_from_drift() {
+        let r = release(-1, 0); // 150 core units, announced truncated
         let correction = |table: &'static str, key: &str, cores: (i64, i64), gpus: (i64, i64)| Correction {
             table,
             key: key.into(),
@@ -1280,16 +1291,7 @@ mod tests {
     /// announces is still drift, one entry later.
     #[test]
     fn a_busy_rows_entry_carries_what_is_open_across_its_age_limit() {
-        let gpu_release = Release {
-            show: "S".into(),
-            alloc: "A".into(),
-            folder: "F".into(),
-            job: "J".into(),
-            layer: "L".into(),
-            dept: "D".into(),
-            cores: -1,
-            gpus: -1,
-        };
+        let gpu_release = release(-1, -1);
         let correction = |cores: (i64, i64), gpus: (i64, i64)| Correction { table: "point", key: "S/D".into(), show: "S".into(), cores, gpus };
         let quiet = Duration::from_secs(3600);
         let aged = |ledger: &mut Ledger| ledger.judge(quiet, Duration::ZERO, false);

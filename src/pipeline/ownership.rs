@@ -201,9 +201,9 @@ pub struct Serving {
     pub live: Vec<String>,
     /// Allocation -> its live owner, as of the last tick.
     pub alloc_owners: HashMap<String, String>,
-    /// (allocation, tag) -> the most idle core units on one of the allocation's open hosts
+    /// Tag -> allocation -> the most idle core units on one of the allocation's open hosts
     /// with that tag, as of the last tick.
-    pub alloc_room: HashMap<(String, String), i64>,
+    pub alloc_room: HashMap<String, HashMap<String, i64>>,
 }
 
 impl Serving {
@@ -236,13 +236,6 @@ impl Serving {
         }
     }
 
-    /// Whether a layer of another slot's job is better left to that slot's instance, because it
-    /// serves one of the layer's tags on hosts of its own: taking it here would race it for the
-    /// same frames. What only this instance can serve is taken whatever the slot.
-    pub fn left_to_slot_owner(&self, slot: i64, layer_tags: &[String]) -> bool {
-        self.turn(slot, layer_tags, 0) > 0
-    }
-
     /// This instance's turn at a layer of a job in `slot`: how many live instances that serve
     /// one of the layer's tags come before it, counting from the slot's instance round the
     /// ranks (slot, slot + 1, ...). 0: take it now. Turn k waits k steal windows, so the slot's
@@ -258,7 +251,7 @@ impl Serving {
         if instances <= 1 || start >= self.live.len() {
             return 0;
         }
-        let room = |alloc: &String, tag: &String| self.alloc_room.get(&(alloc.clone(), tag.clone())).is_none_or(|units| *units >= need);
+        let room = |alloc: &String, tag: &String| self.alloc_room.get(tag).and_then(|by_alloc| by_alloc.get(alloc)).is_none_or(|units| *units >= need);
         let serves = |member: &String| {
             layer_tags.iter().any(|tag| {
                 self.tag_allocs
@@ -423,12 +416,14 @@ const ROOM_SQL: &str = "
     WHERE h.str_lock_state = 'OPEN' AND hs.str_state = 'UP'
     GROUP BY 1, 2";
 
-fn read_room(client: &mut Client) -> Result<HashMap<(String, String), i64>, DbError> {
+fn read_room(client: &mut Client) -> Result<HashMap<String, HashMap<String, i64>>, DbError> {
     const CTX: &str = "read pool room";
-    let rows = client.query(ROOM_SQL, &[]).map_err(DbError::query(CTX))?;
-    rows.iter()
-        .map(|row| Ok(((db::queries::col(row, 0, CTX)?, db::queries::col(row, 1, CTX)?), db::queries::col(row, 2, CTX)?)))
-        .collect()
+    let mut room: HashMap<String, HashMap<String, i64>> = HashMap::new();
+    for row in &client.query(ROOM_SQL, &[]).map_err(DbError::query(CTX))? {
+        let (alloc, tag, units): (String, String, i64) = (db::queries::col(row, 0, CTX)?, db::queries::col(row, 1, CTX)?, db::queries::col(row, 2, CTX)?);
+        room.entry(tag).or_default().insert(alloc, units);
+    }
+    Ok(room)
 }
 
 /// Reads every advisory lock of ours with its session.
@@ -516,8 +511,8 @@ pub struct Ownership {
     /// Live instances (sorted), and each allocation's live owner, from the last tick.
     live: Vec<String>,
     alloc_owners: HashMap<String, String>,
-    /// Most idle core units on one open host, per allocation and tag, read each tick.
-    alloc_room: HashMap<(String, String), i64>,
+    /// Most idle core units on one open host, per tag and allocation, read each tick.
+    alloc_room: HashMap<String, HashMap<String, i64>>,
     /// Units that came by a rebalance, and when (`OWNERSHIP_HOLD_MIN_MS`).
     moved_in: HashMap<u32, Instant>,
     units: Vec<Unit>,
@@ -965,12 +960,12 @@ mod tests {
         };
         let tags = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<String>>();
         assert_eq!(serving.share(), (2, 0));
-        assert!(serving.left_to_slot_owner(1, &tags(&["fx"])), "b serves fx on A1's hosts");
-        assert!(!serving.left_to_slot_owner(1, &tags(&["alloc0"])), "only a serves alloc0: a takes it");
-        assert!(!serving.left_to_slot_owner(0, &tags(&["fx"])), "a's own slot");
-        assert!(!serving.left_to_slot_owner(7, &tags(&["fx"])), "a slot out of range is nobody's");
+        assert!(serving.turn(1, &tags(&["fx"]), 0) > 0, "b serves fx on A1's hosts");
+        assert_eq!(serving.turn(1, &tags(&["alloc0"]), 0), 0, "only a serves alloc0: a takes it");
+        assert_eq!(serving.turn(0, &tags(&["fx"]), 0), 0, "a's own slot");
+        assert_eq!(serving.turn(7, &tags(&["fx"]), 0), 0, "a slot out of range is nobody's");
         let alone = Serving { live: vec!["a".into()], ..serving };
-        assert!(!alone.left_to_slot_owner(1, &tags(&["fx"])), "a lone instance takes everything");
+        assert_eq!(alone.turn(1, &tags(&["fx"]), 0), 0, "a lone instance takes everything");
     }
 
     #[test]
@@ -1026,7 +1021,7 @@ mod tests {
         assert_eq!(turns(5, &["fx"]), [0, 0, 0], "a slot out of range is nobody's");
         // Room at the last tick: a's pool has a host with 4 idle cores, b's pool none, c's 32.
         let roomy = |me: &str| Serving {
-            alloc_room: [("A0", 400), ("A1", 0), ("A2", 3200)].into_iter().map(|(k, v)| ((k.to_string(), "fx".to_string()), v)).collect(),
+            alloc_room: [("fx".to_string(), [("A0", 400), ("A1", 0), ("A2", 3200)].into_iter().map(|(k, v)| (k.to_string(), v)).collect())].into_iter().collect(),
             ..view(me)
         };
         let turns_for = |slot: i64, need: i64| ["a", "b", "c"].map(|me| roomy(me).turn(slot, &tags(&["fx"]), need));
