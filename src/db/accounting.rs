@@ -23,7 +23,7 @@
 //! A delta UPDATE that waited for a row lock is re-evaluated on the newest row version, so
 //! it lands on whatever value the row holds when it gets the lock.
 //!
-//! A reconcile is one transaction of two statements:
+//! A reconcile is one transaction of these statements:
 //!
 //! 1. `SELECT … FOR UPDATE SKIP LOCKED` on the rollup rows. A row another transaction holds is
 //!    skipped and retried in the next round, so a reconcile never waits for a lock and can never
@@ -37,6 +37,18 @@
 //!      waiting), so its proc change is *not* in the sum, and its delta waits for our lock and
 //!      then lands on our value. Value = sum without W + W's delta = the truth after W. If W
 //!      rolls back, neither its proc change nor its delta ever happens.
+//!
+//! Folders and points are the exception to "set to SUM(proc)": on a big show each sums
+//! every proc the show runs (tens of thousands), too dear to redo a few times a second. They
+//! are set instead to the sum of their jobs' `job_resource` rows (statement 2b of the same
+//! transaction). That sum equals SUM(proc) once those job rows do, and the same argument holds
+//! with "job row" in place of "proc": every writer changes the job row before the folder and
+//! point rows (the lock order), so a writer W that touches a locked folder F either committed
+//! before statement 2b's snapshot (its job change is in the sum, its folder delta overwritten
+//! by it) or has not yet written F and waits for our lock, adding its delta to a sum that does
+//! not hold its job change. A job moved between folders is the same: its trigger writes both
+//! folders after the job row. A job whose row a later reconcile corrects makes its folder and
+//! point due again, so they follow their jobs within one coarse round.
 //!
 //! The same argument covers Cuebot's (a)/(d) decrements racing a full reconcile: the DELETE of
 //! the proc precedes the decrement. A subquery in a single UPDATE would not do: after a lock
@@ -285,10 +297,12 @@ const LOCK_SQL: &str = "
                ORDER BY x.pk_point FOR UPDATE OF x SKIP LOCKED)
     SELECT * FROM s UNION ALL SELECT * FROM l UNION ALL SELECT * FROM j UNION ALL SELECT * FROM f UNION ALL SELECT * FROM p";
 
-/// Statement 2, in a snapshot taken after statement 1: each locked row set to SUM(proc) (the
-/// sums invariants.sql checks: non-local procs, except layer_resource which counts all), only
-/// where it differs; caps that would trip a guard trigger moved aside (`# 1` flips the lowest bit,
-/// so the value changes and the trigger's "cap unchanged" condition is false) for statement 3.
+/// Statement 2, in a snapshot taken after statement 1: each locked subscription, layer and job
+/// row set to SUM(proc) (the sums invariants.sql checks: non-local procs, except layer_resource
+/// which counts all), only where it differs; caps that would trip a guard trigger moved aside
+/// (`# 1` flips the lowest bit, so the value changes and the trigger's "cap unchanged" condition
+/// is false) for statement 3. Layer and job sums are one index lookup per key (`LATERAL`): as a
+/// join, the planner hashed the whole `proc` table for a few hundred jobs (70 ms at 80,000 procs).
 const SET_SQL: &str = "
     WITH ks AS (SELECT * FROM unnest($1::text[], $2::text[]) AS k(show, alloc)),
     ss AS (SELECT ks.show, ks.alloc, COALESCE(sum(p.int_cores_reserved), 0)::bigint AS c, COALESCE(sum(p.int_gpus_reserved), 0)::bigint AS g
@@ -298,34 +312,45 @@ const SET_SQL: &str = "
                   int_burst = CASE WHEN ss.c > x.int_cores AND ss.c > x.int_burst THEN x.int_burst # 1 ELSE x.int_burst END
            FROM ss WHERE x.pk_show = ss.show AND x.pk_alloc = ss.alloc AND (x.int_cores <> ss.c OR x.int_gpus <> ss.g)
            RETURNING 'subscription'::text AS t, x.pk_show::text AS k1, x.pk_alloc::text AS k2, ss.c, ss.g),
-    ls AS (SELECT k.id, COALESCE(sum(p.int_cores_reserved), 0)::bigint AS c, COALESCE(sum(p.int_gpus_reserved), 0)::bigint AS g
-           FROM unnest($3::text[]) AS k(id) LEFT JOIN proc p ON p.pk_layer = k.id GROUP BY k.id),
+    ls AS (SELECT k.id, s.c, s.g FROM unnest($3::text[]) AS k(id)
+           CROSS JOIN LATERAL (SELECT COALESCE(sum(p.int_cores_reserved), 0)::bigint AS c, COALESCE(sum(p.int_gpus_reserved), 0)::bigint AS g
+                               FROM proc p WHERE p.pk_layer = k.id) s),
     ul AS (UPDATE layer_resource x SET int_cores = ls.c, int_gpus = ls.g
            FROM ls WHERE x.pk_layer = ls.id AND (x.int_cores <> ls.c OR x.int_gpus <> ls.g)
            RETURNING 'layer_resource'::text, x.pk_layer::text, ''::text, ls.c, ls.g),
-    js AS (SELECT k.id, COALESCE(sum(p.int_cores_reserved), 0)::bigint AS c, COALESCE(sum(p.int_gpus_reserved), 0)::bigint AS g
-           FROM unnest($4::text[]) AS k(id) LEFT JOIN proc p ON p.pk_job = k.id AND NOT p.b_local GROUP BY k.id),
+    js AS (SELECT k.id, s.c, s.g FROM unnest($4::text[]) AS k(id)
+           CROSS JOIN LATERAL (SELECT COALESCE(sum(p.int_cores_reserved), 0)::bigint AS c, COALESCE(sum(p.int_gpus_reserved), 0)::bigint AS g
+                               FROM proc p WHERE p.pk_job = k.id AND NOT p.b_local) s),
     uj AS (UPDATE job_resource x SET int_cores = js.c, int_gpus = js.g,
                   int_max_cores = CASE WHEN (js.c > x.int_cores OR js.g > x.int_gpus)
                                         AND (js.c > x.int_max_cores OR js.g > x.int_max_gpus) THEN x.int_max_cores # 1 ELSE x.int_max_cores END,
                   int_max_gpus = CASE WHEN (js.c > x.int_cores OR js.g > x.int_gpus)
                                        AND (js.c > x.int_max_cores OR js.g > x.int_max_gpus) THEN x.int_max_gpus # 1 ELSE x.int_max_gpus END
            FROM js WHERE x.pk_job = js.id AND (x.int_cores <> js.c OR x.int_gpus <> js.g)
-           RETURNING 'job_resource'::text, x.pk_job::text, ''::text, js.c, js.g),
-    fs AS (SELECT k.id, COALESCE(sum(p.int_cores_reserved), 0)::bigint AS c, COALESCE(sum(p.int_gpus_reserved), 0)::bigint AS g
-           FROM unnest($5::text[]) AS k(id) LEFT JOIN (proc p JOIN job j ON j.pk_job = p.pk_job AND NOT p.b_local)
-                ON j.pk_folder = k.id GROUP BY k.id),
+           RETURNING 'job_resource'::text, x.pk_job::text, ''::text, js.c, js.g)
+    SELECT * FROM us UNION ALL SELECT * FROM ul UNION ALL SELECT * FROM uj";
+
+/// Statement 2b, a second statement and so a newer snapshot, which sees statement 2's job rows:
+/// each locked folder and point row set to the
+/// sum of its jobs' `job_resource` rows (both count non-local procs only). A show's jobs are
+/// few next to its procs, so this is what keeps a big show's coarse rows cheap; it is exact
+/// once the jobs' rows are, and a job reconciled later makes its folder and point due again.
+const DERIVE_SQL: &str = "
+    WITH fs AS (SELECT k.id, COALESCE(sum(x.int_cores), 0)::bigint AS c, COALESCE(sum(x.int_gpus), 0)::bigint AS g
+                FROM unnest($1::text[]) AS k(id)
+                LEFT JOIN (job j JOIN job_resource x ON x.pk_job = j.pk_job AND (x.int_cores <> 0 OR x.int_gpus <> 0))
+                  ON j.pk_folder = k.id GROUP BY k.id),
     uf AS (UPDATE folder_resource x SET int_cores = fs.c, int_gpus = fs.g
            FROM fs WHERE x.pk_folder = fs.id AND (x.int_cores <> fs.c OR x.int_gpus <> fs.g)
-           RETURNING 'folder_resource'::text, x.pk_folder::text, ''::text, fs.c, fs.g),
-    kp AS (SELECT * FROM unnest($6::text[], $7::text[]) AS k(show, dept)),
-    ps AS (SELECT kp.show, kp.dept, COALESCE(sum(p.int_cores_reserved), 0)::bigint AS c, COALESCE(sum(p.int_gpus_reserved), 0)::bigint AS g
-           FROM kp LEFT JOIN (proc p JOIN job j ON j.pk_job = p.pk_job AND NOT p.b_local)
+           RETURNING 'folder_resource'::text AS t, x.pk_folder::text AS k1, ''::text AS k2, fs.c, fs.g),
+    kp AS (SELECT * FROM unnest($2::text[], $3::text[]) AS k(show, dept)),
+    ps AS (SELECT kp.show, kp.dept, COALESCE(sum(x.int_cores), 0)::bigint AS c, COALESCE(sum(x.int_gpus), 0)::bigint AS g
+           FROM kp LEFT JOIN (job j JOIN job_resource x ON x.pk_job = j.pk_job AND (x.int_cores <> 0 OR x.int_gpus <> 0))
                 ON j.pk_show = kp.show AND j.pk_dept = kp.dept GROUP BY kp.show, kp.dept),
     up AS (UPDATE point x SET int_cores = ps.c, int_gpus = ps.g
            FROM ps WHERE x.pk_show = ps.show AND x.pk_dept = ps.dept AND (x.int_cores <> ps.c OR x.int_gpus <> ps.g)
            RETURNING 'point'::text, x.pk_show::text, x.pk_dept::text, ps.c, ps.g)
-    SELECT * FROM us UNION ALL SELECT * FROM ul UNION ALL SELECT * FROM uj UNION ALL SELECT * FROM uf UNION ALL SELECT * FROM up";
+    SELECT * FROM uf UNION ALL SELECT * FROM up";
 
 /// Statement 3: caps moved aside by statement 2 go back to what statement 1 read.
 const RESTORE_CAPS_SQL: &str = "
@@ -401,7 +426,13 @@ pub fn reconcile(client: &mut Client, keys: &Keys) -> Result<Reconciled, DbError
         .iter()
         .map(|r| ((r.get(0), r.get(1), r.get(2)), (r.get(3), r.get(4))))
         .collect();
-    let set = txn.query(SET_SQL, &params).map_err(DbError::query("set rollups to SUM(proc)"))?;
+    let mut set = txn
+        .query(SET_SQL, &[&sub_shows, &sub_allocs, &layers, &jobs])
+        .map_err(DbError::query("set rollups to SUM(proc)"))?;
+    set.extend(
+        txn.query(DERIVE_SQL, &[&folders, &pt_shows, &pt_depts])
+            .map_err(DbError::query("set folders and points to the sum of their jobs"))?,
+    );
     let mut restore_subs: (Vec<String>, Vec<String>, Vec<i64>) = Default::default();
     let mut restore_jobs: (Vec<String>, Vec<i64>, Vec<i64>) = Default::default();
     for row in &set {
@@ -457,14 +488,17 @@ fn existing_keys(txn: &mut postgres::Transaction, keys: &Keys) -> Result<Keys, D
 
 /// The rollup rows of `shows` that differ from `SUM(proc)`, read in one snapshot without
 /// locks. Candidates: every subscription, folder and point of the shows, and the layers and
-/// jobs of their unfinished jobs plus any that hold procs.
+/// jobs of their unfinished jobs plus any that hold procs or whose job row is not zero (a
+/// finished job's stale row would otherwise stay in its folder's and point's sum).
 const DRIFT_SQL: &str = "
     WITH pr AS (SELECT p.pk_show, p.pk_layer, p.pk_job, p.b_local, p.int_cores_reserved AS c, p.int_gpus_reserved AS g,
                        h.pk_alloc, j.pk_folder, j.pk_dept
                 FROM proc p JOIN host h ON h.pk_host = p.pk_host JOIN job j ON j.pk_job = p.pk_job
                 WHERE p.pk_show = ANY($1)),
     live AS (SELECT pk_job FROM job WHERE pk_show = ANY($1) AND str_state <> 'FINISHED'
-             UNION SELECT pk_job FROM pr),
+             UNION SELECT pk_job FROM pr
+             UNION SELECT x.pk_job FROM job_resource x JOIN job j ON j.pk_job = x.pk_job
+                   WHERE j.pk_show = ANY($1) AND (x.int_cores <> 0 OR x.int_gpus <> 0)),
     s AS (SELECT pk_show, pk_alloc, sum(c) c, sum(g) g FROM pr WHERE NOT b_local GROUP BY 1, 2),
     l AS (SELECT pk_layer, sum(c) c, sum(g) g FROM pr GROUP BY 1),
     j AS (SELECT pk_job, sum(c) c, sum(g) g FROM pr WHERE NOT b_local GROUP BY 1),
@@ -495,7 +529,26 @@ pub fn drift_keys(client: &mut Client, shows: &[String]) -> Result<Keys, DbError
     for row in &rows {
         keys.insert(row.get(0), row.get(1), row.get(2));
     }
+    add_parents(client, &mut keys)?;
     Ok(keys)
+}
+
+/// Adds the folder and point each of `keys.jobs` belongs to now: a folder or point is the sum
+/// of its jobs' rows, so it is due whenever one of its jobs is reconciled (a job may have moved
+/// since whatever named it was written).
+pub fn add_parents(client: &mut Client, keys: &mut Keys) -> Result<(), DbError> {
+    if keys.jobs.is_empty() {
+        return Ok(());
+    }
+    let jobs = list(&keys.jobs);
+    let rows = client
+        .query("SELECT pk_folder::text, pk_show::text, pk_dept::text FROM job WHERE pk_job = ANY($1)", &[&jobs])
+        .map_err(DbError::query("folders and points of reconciled jobs"))?;
+    for r in &rows {
+        keys.folders.insert(r.get(0));
+        keys.points.insert((r.get(1), r.get(2)));
+    }
+    Ok(())
 }
 
 /// Why a full reconcile ran (label of `scheduler_accounting_full_reconciles_total`).
@@ -685,6 +738,8 @@ struct Worker<'a> {
     ctx: &'a Context,
     listener: Option<Client>,
     reconciler: Option<Client>,
+    /// Reads drift for full reconciles (`find_drift`), apart from the reconciler.
+    finder: Option<Client>,
     ever_connected: bool,
     lost_logged: bool,
     pending: Keys,
@@ -712,6 +767,7 @@ impl<'a> Worker<'a> {
             ctx,
             listener: None,
             reconciler: None,
+            finder: None,
             ever_connected: false,
             lost_logged: false,
             pending: Keys::default(),
@@ -753,10 +809,12 @@ impl<'a> Worker<'a> {
                 self.pending = Keys::default();
                 self.heard.clear();
             }
-            if let Some(reason) = self.full_due {
+            // Taken before it runs: a bad payload heard while it runs asks for another one.
+            if let Some(reason) = self.full_due.take() {
                 match self.full_reconcile(reason) {
-                    Ok(()) => self.full_due = None,
+                    Ok(()) => {}
                     Err(e) => {
+                        self.full_due = self.full_due.or(Some(reason));
                         self.ctx.count_error("accounting");
                         warn!("accounting: full reconcile ({}) failed, will retry: {e}", reason.label());
                         self.reconciler = None;
@@ -1001,15 +1059,8 @@ impl<'a> Worker<'a> {
         let mut keys = std::mem::take(&mut self.pending);
         let started = Instant::now();
         // Folders and points where the released jobs live now (a job may have moved since).
-        let jobs: Vec<String> = keys.jobs.iter().cloned().collect();
         let result = self.reconciler().and_then(|c| {
-            let rows = c
-                .query("SELECT pk_folder::text, pk_show::text, pk_dept::text FROM job WHERE pk_job = ANY($1)", &[&jobs])
-                .map_err(DbError::query("current folders of released jobs"))?;
-            for r in &rows {
-                keys.folders.insert(r.get(0));
-                keys.points.insert((r.get(1), r.get(2)));
-            }
+            add_parents(c, &mut keys)?;
             if coarse_due {
                 reconcile(c, &keys)
             } else {
@@ -1101,6 +1152,40 @@ impl<'a> Worker<'a> {
         warn!("accounting: corrected drift no acct_release explained: {}{hint}", summary.join("; "));
     }
 
+    /// Reads the drifted rows of `shows` on a connection of its own, in a scoped thread, while
+    /// this thread goes on gathering and reconciling notified releases: on a big farm the read
+    /// takes a few hundred milliseconds of database time (seconds on a busy server), and
+    /// releases heard meanwhile should not wait for it.
+    fn find_drift(&mut self, shows: &[String]) -> Result<Keys, DbError> {
+        let mut finder = match self.finder.take() {
+            Some(client) if !client.is_closed() => client,
+            _ => db::connect_as(&self.ctx.settings.db, "accounting", "cue-scheduler accounting drift")?,
+        };
+        let settings = self.settings();
+        let found = std::thread::scope(|scope| {
+            let finder = &mut finder;
+            let handle = std::thread::Builder::new()
+                .name("accounting-drift".into())
+                .spawn_scoped(scope, move || drift_keys(finder, shows))
+                .map_err(|e| DbError::Connect { context: "accounting", message: format!("spawn accounting-drift: {e}") })?;
+            while !handle.is_finished() {
+                if self.listener.is_some() && !self.ctx.stopping() {
+                    self.gather(&settings);
+                    self.reconcile_pending();
+                } else {
+                    std::thread::sleep(Duration::from_millis(limits::SHUTDOWN_POLL_MS));
+                }
+            }
+            handle
+                .join()
+                .unwrap_or_else(|_| Err(DbError::Connect { context: "accounting", message: "the drift reader panicked".into() }))
+        });
+        if found.is_ok() {
+            self.finder = Some(finder);
+        }
+        found
+    }
+
     /// The shows to reconcile in full: managed now, or managed within `managed_shows_ttl`
     /// (Cuebot may still release them through its managed path while its cache says so).
     fn shows(&mut self) -> Result<Vec<String>, DbError> {
@@ -1128,10 +1213,7 @@ impl<'a> Worker<'a> {
     fn full_reconcile(&mut self, reason: FullReason) -> Result<(), DbError> {
         let started = Instant::now();
         let shows = self.shows()?;
-        let keys = {
-            let client = self.reconciler()?;
-            drift_keys(client, &shows)?
-        };
+        let keys = self.find_drift(&shows)?;
         let mut total = Reconciled::default();
         let mut todo = keys;
         for round in 0..limits::ACCOUNTING_FULL_ROUNDS_MAX {

@@ -317,6 +317,12 @@ fn simulator_releases_detached_procs_like_cuebot() {
     assert_eq!(rollup_violations(&f.db), Vec::<String>::new());
 }
 
+/// A 1-core proc of (host, show, layer, job, frame), as a booking inserts it.
+const INSERT_PROC: &str = "INSERT INTO proc (pk_proc, pk_host, pk_show, pk_layer, pk_job, pk_frame, int_cores_reserved, int_mem_reserved,
+                                         int_mem_pre_reserved, int_mem_used, int_gpus_reserved, int_gpu_mem_reserved,
+                                         int_gpu_mem_pre_reserved, b_local)
+                       VALUES (gen_random_uuid()::text, $1, $2, $3, $4, $5, 100, 1048576, 1048576, 0, 0, 0, 0, false)";
+
 /// The argument at the top of `db/accounting.rs`, proved with two sessions interleaved on
 /// purpose. A booking that has inserted its proc but not yet added its delta is not in the
 /// reconcile's SUM; its delta then waits for the reconcile's lock and lands on the reconciled
@@ -346,10 +352,7 @@ fn reconcile_against_a_booking_in_flight(schema: Schema, block: u8) {
     // A release nobody decremented: the job row reads 500 too many.
     c.execute("UPDATE job_resource SET int_cores = int_cores + 500 WHERE pk_job = $1", &[&job]).expect("drift");
     let keys = Keys { jobs: [job.clone()].into_iter().collect(), ..Keys::default() };
-    let insert_proc = "INSERT INTO proc (pk_proc, pk_host, pk_show, pk_layer, pk_job, pk_frame, int_cores_reserved, int_mem_reserved,
-                                         int_mem_pre_reserved, int_mem_used, int_gpus_reserved, int_gpu_mem_reserved,
-                                         int_gpu_mem_pre_reserved, b_local)
-                       VALUES (gen_random_uuid()::text, $1, $2, $3, $4, $5, 100, 1048576, 1048576, 0, 0, 0, 0, false)";
+    let insert_proc = INSERT_PROC;
     // 1. The booking has inserted its proc, not yet its delta.
     let mut other = f.db.client();
     let mut booking = other.transaction().expect("begin booking");
@@ -385,6 +388,93 @@ fn reconcile_against_a_booking_in_flight(schema: Schema, block: u8) {
 fn a_reconcile_never_loses_a_booking_in_flight() {
     reconcile_against_a_booking_in_flight(Schema::Project, 92);
     reconcile_against_a_booking_in_flight(Schema::Real, 93);
+}
+
+/// Folders and points are set to the sum of their jobs' rows, not to SUM(proc): the same
+/// argument, proved the same way. A booking of the folder's other job that has written its job
+/// row but not yet the folder is not in the sum, and its folder delta lands on the derived value;
+/// a booking that holds the folder makes the reconcile skip it; a job reconciled on its own
+/// brings its folder and point with it (`add_parents`).
+fn folder_derivation_against_a_booking_in_flight(schema: Schema, block: u8) {
+    use cue_scheduler::db::accounting::{add_parents, reconcile, Keys};
+    let Some(f) = farm(&format!("acct_derive_{block}"), schema, block, 1, 2) else { return };
+    let (job0, job1) = (f.jobs[0].clone(), f.jobs[1].clone());
+    let mut c = f.db.client();
+    let folder: String = c.query_one("SELECT pk_folder::text FROM job WHERE pk_job = $1", &[&job0]).expect("folder").get(0);
+    let same: String = c.query_one("SELECT pk_folder::text FROM job WHERE pk_job = $1", &[&job1]).expect("folder").get(0);
+    assert_eq!(folder, same, "both jobs in one folder");
+    let row = c
+        .query_one(
+            "SELECT f.pk_frame::text, f.pk_layer::text, h.pk_host::text FROM frame f, host h WHERE f.pk_job = $1 ORDER BY f.pk_frame LIMIT 1",
+            &[&job1],
+        )
+        .expect("frame and host");
+    let (frame, layer, host): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+    // (folder row, SUM(proc) of the folder's jobs)
+    let used = |c: &mut postgres::Client| -> (i64, i64) {
+        let r = c
+            .query_one(
+                "SELECT (SELECT int_cores::bigint FROM folder_resource WHERE pk_folder = $1),
+                        (SELECT COALESCE(sum(p.int_cores_reserved), 0)::bigint FROM proc p JOIN job j ON j.pk_job = p.pk_job
+                          WHERE j.pk_folder = $1 AND NOT p.b_local)",
+                &[&folder],
+            )
+            .expect("folder row and SUM(proc)");
+        (r.get(0), r.get(1))
+    };
+    let folder_keys = Keys { folders: [folder.clone()].into_iter().collect(), ..Keys::default() };
+    let mut reconciler = f.db.client();
+    // 1. The folder drifted; a booking of job1 has written its proc and job row, not the folder.
+    c.execute("UPDATE folder_resource SET int_cores = int_cores + 700 WHERE pk_folder = $1", &[&folder]).expect("drift");
+    let mut other = f.db.client();
+    let mut booking = other.transaction().expect("begin booking");
+    booking.execute(INSERT_PROC, &[&host, &f.org.show_id, &layer, &job1, &frame]).expect("proc");
+    booking.execute("UPDATE job_resource SET int_cores = int_cores + 100 WHERE pk_job = $1", &[&job1]).expect("job delta");
+    let done = reconcile(&mut reconciler, &folder_keys).expect("reconcile");
+    assert!(done.skipped.is_empty(), "nobody held the folder row");
+    assert_eq!(used(&mut c), (0, 0), "the folder is the sum of its jobs' committed rows");
+    booking.execute("UPDATE folder_resource SET int_cores = int_cores + 100 WHERE pk_folder = $1", &[&folder]).expect("folder delta");
+    booking.commit().expect("commit booking");
+    assert_eq!(used(&mut c), (100, 100), "the booking's folder delta landed on the derived value");
+    // 2. A booking that holds the folder: skipped at once, exact on the next try.
+    c.execute("UPDATE folder_resource SET int_cores = int_cores + 700 WHERE pk_folder = $1", &[&folder]).expect("drift");
+    let frame2: String = c
+        .query_one("SELECT pk_frame::text FROM frame WHERE pk_job = $1 AND pk_frame <> $2 ORDER BY pk_frame LIMIT 1", &[&job1, &frame])
+        .expect("second frame")
+        .get(0);
+    let mut booking = other.transaction().expect("begin booking");
+    booking.execute(INSERT_PROC, &[&host, &f.org.show_id, &layer, &job1, &frame2]).expect("proc");
+    booking.execute("UPDATE job_resource SET int_cores = int_cores + 100 WHERE pk_job = $1", &[&job1]).expect("job delta");
+    booking.execute("UPDATE folder_resource SET int_cores = int_cores + 100 WHERE pk_folder = $1", &[&folder]).expect("folder delta");
+    let started = Instant::now();
+    let done = reconcile(&mut reconciler, &folder_keys).expect("reconcile");
+    assert!(started.elapsed() < Duration::from_secs(1), "the reconcile did not wait for the held row");
+    assert!(done.skipped.folders.contains(&folder), "the held folder comes back to be tried again");
+    booking.commit().expect("commit booking");
+    let done = reconcile(&mut reconciler, &done.skipped).expect("reconcile again");
+    assert!(done.skipped.is_empty());
+    assert_eq!(used(&mut c), (200, 200), "exact once the booking committed");
+    // 3. A managed release of job1 (the proc goes, no rollup writes): reconciling the job alone
+    //    brings its folder and point along, and every rollup is exact again.
+    c.execute("DELETE FROM proc WHERE pk_frame = $1", &[&frame2]).expect("managed release");
+    let mut keys = Keys { jobs: [job1.clone()].into_iter().collect(), ..Keys::default() };
+    add_parents(&mut reconciler, &mut keys).expect("parents");
+    assert!(keys.folders.contains(&folder) && keys.points.len() == 1, "the job's folder and point are due with it");
+    let done = reconcile(&mut reconciler, &keys).expect("reconcile");
+    assert!(done.skipped.is_empty());
+    assert_eq!(used(&mut c), (100, 100));
+    c.execute("DELETE FROM proc WHERE pk_frame = $1", &[&frame]).expect("managed release");
+    let mut keys = Keys { jobs: [job1.clone()].into_iter().collect(), layers: [layer.clone()].into_iter().collect(), ..Keys::default() };
+    keys.subs.insert((f.org.show_id.clone(), f.org.general_alloc.clone()));
+    add_parents(&mut reconciler, &mut keys).expect("parents");
+    reconcile(&mut reconciler, &keys).expect("reconcile");
+    assert_eq!(rollup_violations(&f.db), Vec::<String>::new());
+}
+
+#[test]
+fn folders_and_points_follow_their_jobs_rows_exactly() {
+    folder_derivation_against_a_booking_in_flight(Schema::Project, 94);
+    folder_derivation_against_a_booking_in_flight(Schema::Real, 95);
 }
 
 fn drain_under(mode: Mode, schema: Schema, block: u8) {
