@@ -132,6 +132,22 @@ pub fn cluster_cpu_secs(backend_pid: i32, exclude: &[i32]) -> f64 {
     total as f64 / ticks.max(1.0)
 }
 
+/// CPU seconds used so far by the given processes (PostgreSQL backends, say); a process that
+/// has exited counts nothing.
+pub fn pids_cpu_secs(pids: &[i32]) -> f64 {
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let mut total = 0u64;
+    for pid in pids {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if let (Some(u), Some(s)) = (fields.get(11), fields.get(12)) {
+            total += u.parse::<u64>().unwrap_or(0) + s.parse::<u64>().unwrap_or(0);
+        }
+    }
+    total as f64 / ticks.max(1.0)
+}
+
 /// GET http://127.0.0.1:port/path; returns (status, body).
 pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
