@@ -607,15 +607,18 @@ fn accounting(args: &Args, server: &Server, schema: &str, sql: &str) -> Result<V
         poller.batch_execute("SELECT pg_stat_statements_reset()").map_err(|e| e.to_string())?;
         // The accounting connections' own backends (listener, reconciler, drift reader): the
         // reconciliation's cost measured directly, free of the noise of everything else.
-        let accounting_pids: Vec<i32> = poller
+        let accounting_backends: Vec<(i32, String)> = poller
             .query(
-                "/* cue-bench */ SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE 'cue-scheduler accounting%'",
+                "/* cue-bench */ SELECT pid, application_name::text FROM pg_stat_activity
+                 WHERE datname = current_database() AND application_name LIKE 'cue-scheduler accounting%' ORDER BY 2",
                 &[],
             )
             .map_err(|e| e.to_string())?
             .iter()
-            .map(|r| r.get(0))
+            .map(|r| (r.get(0), r.get(1)))
             .collect();
+        let accounting_pids: Vec<i32> = accounting_backends.iter().map(|b| b.0).collect();
+        let backend_cpu: Vec<f64> = accounting_pids.iter().map(|pid| procs::pids_cpu_secs(&[*pid])).collect();
         let accounting_cpu = procs::pids_cpu_secs(&accounting_pids);
         let cpu = procs::cluster_cpu_secs(poller_pid, &[poller_pid]);
         let t0 = Instant::now() + Duration::from_millis(100);
@@ -630,7 +633,16 @@ fn accounting(args: &Args, server: &Server, schema: &str, sql: &str) -> Result<V
         let busy_secs = t0.elapsed().as_secs_f64();
         let busy_cpu = procs::cluster_cpu_secs(poller_pid, &[poller_pid]) - cpu;
         let accounting_cpu = procs::pids_cpu_secs(&accounting_pids) - accounting_cpu;
+        let backend_cpu: Vec<f64> = accounting_pids.iter().zip(&backend_cpu).map(|(pid, before)| procs::pids_cpu_secs(&[*pid]) - before).collect();
         let report = completer.stop();
+        let per_backend: Vec<String> = accounting_backends
+            .iter()
+            .zip(&backend_cpu)
+            .map(|((_, name), secs)| format!("{name} {:.3}", 1000.0 * secs / report.released.max(1) as f64))
+            .collect();
+        if !per_backend.is_empty() {
+            eprintln!("  accounting backends, ms of CPU per release: {}", per_backend.join(", "));
+        }
         if args.top > 0 {
             print_top_statements(&mut poller, args.top, report.released as i64)?;
         }

@@ -374,9 +374,42 @@ fn table_index(table: &str) -> Option<usize> {
     TABLES.iter().position(|t| *t == table)
 }
 
+/// The reconcile's statements, prepared once per connection. Parsing and planning them is most
+/// of a small round's cost: 50 layers and 50 jobs took 2.9 ms of database time prepared against
+/// 6.7 ms sent as text each time (pgbench, 80,000 procs).
+pub struct Statements {
+    lock: postgres::Statement,
+    read_old: postgres::Statement,
+    set: postgres::Statement,
+    derive: postgres::Statement,
+    restore: postgres::Statement,
+}
+
+impl Statements {
+    pub fn prepare(client: &mut Client) -> Result<Statements, DbError> {
+        let mut prepare = |sql: &str| client.prepare(sql).map_err(DbError::query("prepare reconcile statements"));
+        Ok(Statements {
+            lock: prepare(LOCK_SQL)?,
+            read_old: prepare(READ_OLD_SQL)?,
+            set: prepare(SET_SQL)?,
+            derive: prepare(DERIVE_SQL)?,
+            restore: prepare(RESTORE_CAPS_SQL)?,
+        })
+    }
+}
+
 /// Sets the rollup rows `keys` name to `SUM(proc)`, locking only rows nobody holds. Rows that
-/// do not exist are ignored; rows held by another transaction come back in `skipped`.
+/// do not exist are ignored; rows held by another transaction come back in `skipped`. Prepares
+/// its statements for this one call; `reconcile_with` reuses them.
 pub fn reconcile(client: &mut Client, keys: &Keys) -> Result<Reconciled, DbError> {
+    if keys.is_empty() {
+        return Ok(Reconciled::default());
+    }
+    let statements = Statements::prepare(client)?;
+    reconcile_with(client, &statements, keys)
+}
+
+pub fn reconcile_with(client: &mut Client, st: &Statements, keys: &Keys) -> Result<Reconciled, DbError> {
     const CTX: &str = "reconcile rollups";
     let mut out = Reconciled::default();
     if keys.is_empty() {
@@ -388,7 +421,7 @@ pub fn reconcile(client: &mut Client, keys: &Keys) -> Result<Reconciled, DbError
     let mut txn = client.transaction().map_err(DbError::query("begin reconcile"))?;
     txn.batch_execute("SET LOCAL lock_timeout = '2s'").map_err(DbError::query(CTX))?;
     let locked = txn
-        .query(LOCK_SQL, &[&sub_shows, &sub_allocs, &layers, &jobs, &folders, &pt_shows, &pt_depts])
+        .query(&st.lock, &[&sub_shows, &sub_allocs, &layers, &jobs, &folders, &pt_shows, &pt_depts])
         .map_err(DbError::query("lock rollup rows"))?;
     let mut got = Keys::default();
     // (table, k1, k2) -> (show, cap1, cap2)
@@ -410,7 +443,7 @@ pub fn reconcile(client: &mut Client, keys: &Keys) -> Result<Reconciled, DbError
         points: keys.points.difference(&got.points).cloned().collect(),
     };
     // Rows that do not exist are neither locked nor worth a retry.
-    let existing = existing_keys(&mut txn, &out.skipped)?;
+    let existing = existing_keys(&mut txn, st, &out.skipped)?;
     out.skipped = existing;
     if got.is_empty() {
         txn.rollback().map_err(DbError::query("roll back reconcile"))?;
@@ -421,16 +454,16 @@ pub fn reconcile(client: &mut Client, keys: &Keys) -> Result<Reconciled, DbError
     let (layers, jobs, folders) = (list(&got.layers), list(&got.jobs), list(&got.folders));
     let params: [&(dyn postgres::types::ToSql + Sync); 7] = [&sub_shows, &sub_allocs, &layers, &jobs, &folders, &pt_shows, &pt_depts];
     let old: HashMap<(String, String, String), (i64, i64)> = txn
-        .query(READ_OLD_SQL, &params)
+        .query(&st.read_old, &params)
         .map_err(DbError::query("read rollups"))?
         .iter()
         .map(|r| ((r.get(0), r.get(1), r.get(2)), (r.get(3), r.get(4))))
         .collect();
     let mut set = txn
-        .query(SET_SQL, &[&sub_shows, &sub_allocs, &layers, &jobs])
+        .query(&st.set, &[&sub_shows, &sub_allocs, &layers, &jobs])
         .map_err(DbError::query("set rollups to SUM(proc)"))?;
     set.extend(
-        txn.query(DERIVE_SQL, &[&folders, &pt_shows, &pt_depts])
+        txn.query(&st.derive, &[&folders, &pt_shows, &pt_depts])
             .map_err(DbError::query("set folders and points to the sum of their jobs"))?,
     );
     let mut restore_subs: (Vec<String>, Vec<String>, Vec<i64>) = Default::default();
@@ -460,7 +493,7 @@ pub fn reconcile(client: &mut Client, keys: &Keys) -> Result<Reconciled, DbError
     if !restore_subs.0.is_empty() || !restore_jobs.0.is_empty() {
         // Writing the cap read in statement 1 back is a no-op for rows statement 2 left alone.
         txn.query_one(
-            RESTORE_CAPS_SQL,
+            &st.restore,
             &[&restore_subs.0, &restore_subs.1, &restore_subs.2, &restore_jobs.0, &restore_jobs.1, &restore_jobs.2],
         )
         .map_err(DbError::query("restore caps"))?;
@@ -469,7 +502,7 @@ pub fn reconcile(client: &mut Client, keys: &Keys) -> Result<Reconciled, DbError
     Ok(out)
 }
 
-fn existing_keys(txn: &mut postgres::Transaction, keys: &Keys) -> Result<Keys, DbError> {
+fn existing_keys(txn: &mut postgres::Transaction, st: &Statements, keys: &Keys) -> Result<Keys, DbError> {
     if keys.is_empty() {
         return Ok(Keys::default());
     }
@@ -477,7 +510,7 @@ fn existing_keys(txn: &mut postgres::Transaction, keys: &Keys) -> Result<Keys, D
     let (pt_shows, pt_depts) = pairs(&keys.points);
     let (layers, jobs, folders) = (list(&keys.layers), list(&keys.jobs), list(&keys.folders));
     let rows = txn
-        .query(READ_OLD_SQL, &[&sub_shows, &sub_allocs, &layers, &jobs, &folders, &pt_shows, &pt_depts])
+        .query(&st.read_old, &[&sub_shows, &sub_allocs, &layers, &jobs, &folders, &pt_shows, &pt_depts])
         .map_err(DbError::query("find held rollup rows"))?;
     let mut out = Keys::default();
     for row in &rows {
@@ -738,6 +771,8 @@ struct Worker<'a> {
     ctx: &'a Context,
     listener: Option<Client>,
     reconciler: Option<Client>,
+    /// The reconcile's statements, prepared on `reconciler` (dropped with it).
+    statements: Option<Statements>,
     /// Reads drift for full reconciles (`find_drift`), apart from the reconciler.
     finder: Option<Client>,
     ever_connected: bool,
@@ -767,6 +802,7 @@ impl<'a> Worker<'a> {
             ctx,
             listener: None,
             reconciler: None,
+            statements: None,
             finder: None,
             ever_connected: false,
             lost_logged: false,
@@ -931,9 +967,24 @@ impl<'a> Worker<'a> {
 
     fn reconciler(&mut self) -> Result<&mut Client, DbError> {
         if self.reconciler.as_ref().is_none_or(|c| c.is_closed()) {
+            self.statements = None;
             self.reconciler = Some(db::connect_as(&self.ctx.settings.db, "accounting", "cue-scheduler accounting")?);
         }
         self.reconciler.as_mut().ok_or(DbError::Connect { context: "accounting", message: "unavailable".into() })
+    }
+
+    /// Reconciles `keys` on the reconciler connection with its prepared statements.
+    fn reconcile_keys(&mut self, keys: &Keys) -> Result<Reconciled, DbError> {
+        self.reconciler()?;
+        if self.statements.is_none() {
+            if let Some(client) = self.reconciler.as_mut() {
+                self.statements = Some(Statements::prepare(client)?);
+            }
+        }
+        match (self.reconciler.as_mut(), self.statements.as_ref()) {
+            (Some(client), Some(statements)) => reconcile_with(client, statements, keys),
+            _ => Err(DbError::Connect { context: "accounting", message: "unavailable".into() }),
+        }
     }
 
     /// Waits for the first notification (up to the poll interval), then gathers for the
@@ -1059,13 +1110,12 @@ impl<'a> Worker<'a> {
         let mut keys = std::mem::take(&mut self.pending);
         let started = Instant::now();
         // Folders and points where the released jobs live now (a job may have moved since).
-        let result = self.reconciler().and_then(|c| {
-            add_parents(c, &mut keys)?;
+        let result = self.reconciler().and_then(|c| add_parents(c, &mut keys)).and_then(|()| {
             if coarse_due {
-                reconcile(c, &keys)
+                self.reconcile_keys(&keys)
             } else {
                 let fine = Keys { layers: std::mem::take(&mut keys.layers), jobs: std::mem::take(&mut keys.jobs), ..Keys::default() };
-                let done = reconcile(c, &fine);
+                let done = self.reconcile_keys(&fine);
                 if done.is_err() {
                     keys.extend(fine);
                 }
@@ -1223,7 +1273,7 @@ impl<'a> Worker<'a> {
             if round > 0 {
                 std::thread::sleep(Duration::from_millis(limits::ACCOUNTING_RETRY_MIN_MS * (round as u64)));
             }
-            let done = reconcile(self.reconciler()?, &todo)?;
+            let done = self.reconcile_keys(&todo)?;
             for i in 0..5 {
                 total.rows[i] += done.rows[i];
             }
