@@ -462,10 +462,13 @@ pub fn reconcile_with(client: &mut Client, st: &Statements, keys: &Keys) -> Resu
     let mut set = txn
         .query(&st.set, &[&sub_shows, &sub_allocs, &layers, &jobs])
         .map_err(DbError::query("set rollups to SUM(proc)"))?;
-    set.extend(
-        txn.query(&st.derive, &[&folders, &pt_shows, &pt_depts])
-            .map_err(DbError::query("set folders and points to the sum of their jobs"))?,
-    );
+    if !folders.is_empty() || !pt_shows.is_empty() {
+        // Only coarse rounds name folders and points; a fine round skips the statement.
+        set.extend(
+            txn.query(&st.derive, &[&folders, &pt_shows, &pt_depts])
+                .map_err(DbError::query("set folders and points to the sum of their jobs"))?,
+        );
+    }
     let mut restore_subs: (Vec<String>, Vec<String>, Vec<i64>) = Default::default();
     let mut restore_jobs: (Vec<String>, Vec<i64>, Vec<i64>) = Default::default();
     for row in &set {

@@ -323,6 +323,24 @@ const INSERT_PROC: &str = "INSERT INTO proc (pk_proc, pk_host, pk_show, pk_layer
                                          int_gpu_mem_pre_reserved, b_local)
                        VALUES (gen_random_uuid()::text, $1, $2, $3, $4, $5, 100, 1048576, 1048576, 0, 0, 0, 0, false)";
 
+/// (frame, layer, host): the job's first frame and a host to book it on.
+fn first_frame(c: &mut postgres::Client, job: &str) -> (String, String, String) {
+    let row = c
+        .query_one(
+            "SELECT f.pk_frame::text, f.pk_layer::text, h.pk_host::text FROM frame f, host h WHERE f.pk_job = $1 ORDER BY f.pk_frame LIMIT 1",
+            &[&job],
+        )
+        .expect("frame and host");
+    (row.get(0), row.get(1), row.get(2))
+}
+
+/// Another frame of the job than `frame`.
+fn other_frame(c: &mut postgres::Client, job: &str, frame: &str) -> String {
+    c.query_one("SELECT pk_frame::text FROM frame WHERE pk_job = $1 AND pk_frame <> $2 ORDER BY pk_frame LIMIT 1", &[&job, &frame])
+        .expect("second frame")
+        .get(0)
+}
+
 /// The argument at the top of `db/accounting.rs`, proved with two sessions interleaved on
 /// purpose. A booking that has inserted its proc but not yet added its delta is not in the
 /// reconcile's SUM; its delta then waits for the reconcile's lock and lands on the reconciled
@@ -332,13 +350,7 @@ fn reconcile_against_a_booking_in_flight(schema: Schema, block: u8) {
     let Some(f) = farm(&format!("acct_inflight_{block}"), schema, block, 1, 2) else { return };
     let job = f.jobs[0].clone();
     let mut c = f.db.client();
-    let row = c
-        .query_one(
-            "SELECT f.pk_frame::text, f.pk_layer::text, h.pk_host::text FROM frame f, host h WHERE f.pk_job = $1 ORDER BY f.pk_frame LIMIT 1",
-            &[&job],
-        )
-        .expect("frame and host");
-    let (frame, layer, host): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+    let (frame, layer, host) = first_frame(&mut c, &job);
     let used = |c: &mut postgres::Client| -> (i64, i64) {
         let r = c
             .query_one(
@@ -352,11 +364,10 @@ fn reconcile_against_a_booking_in_flight(schema: Schema, block: u8) {
     // A release nobody decremented: the job row reads 500 too many.
     c.execute("UPDATE job_resource SET int_cores = int_cores + 500 WHERE pk_job = $1", &[&job]).expect("drift");
     let keys = Keys { jobs: [job.clone()].into_iter().collect(), ..Keys::default() };
-    let insert_proc = INSERT_PROC;
     // 1. The booking has inserted its proc, not yet its delta.
     let mut other = f.db.client();
     let mut booking = other.transaction().expect("begin booking");
-    booking.execute(insert_proc, &[&host, &f.org.show_id, &layer, &job, &frame]).expect("proc");
+    booking.execute(INSERT_PROC, &[&host, &f.org.show_id, &layer, &job, &frame]).expect("proc");
     let mut reconciler = f.db.client();
     let done = reconcile(&mut reconciler, &keys).expect("reconcile");
     assert!(done.skipped.is_empty(), "nobody held the job row");
@@ -367,12 +378,9 @@ fn reconcile_against_a_booking_in_flight(schema: Schema, block: u8) {
     // 2. The booking already holds the row: the reconcile skips it at once, and the next one
     //    (after the booking committed) is exact.
     c.execute("UPDATE job_resource SET int_cores = int_cores + 500 WHERE pk_job = $1", &[&job]).expect("drift");
-    let frame2: String = c
-        .query_one("SELECT pk_frame::text FROM frame WHERE pk_job = $1 AND pk_frame <> $2 ORDER BY pk_frame LIMIT 1", &[&job, &frame])
-        .expect("second frame")
-        .get(0);
+    let frame2 = other_frame(&mut c, &job, &frame);
     let mut booking = other.transaction().expect("begin booking");
-    booking.execute(insert_proc, &[&host, &f.org.show_id, &layer, &job, &frame2]).expect("proc");
+    booking.execute(INSERT_PROC, &[&host, &f.org.show_id, &layer, &job, &frame2]).expect("proc");
     booking.execute("UPDATE job_resource SET int_cores = int_cores + 100 WHERE pk_job = $1", &[&job]).expect("delta");
     let started = Instant::now();
     let done = reconcile(&mut reconciler, &keys).expect("reconcile");
@@ -403,13 +411,7 @@ fn folder_derivation_against_a_booking_in_flight(schema: Schema, block: u8) {
     let folder: String = c.query_one("SELECT pk_folder::text FROM job WHERE pk_job = $1", &[&job0]).expect("folder").get(0);
     let same: String = c.query_one("SELECT pk_folder::text FROM job WHERE pk_job = $1", &[&job1]).expect("folder").get(0);
     assert_eq!(folder, same, "both jobs in one folder");
-    let row = c
-        .query_one(
-            "SELECT f.pk_frame::text, f.pk_layer::text, h.pk_host::text FROM frame f, host h WHERE f.pk_job = $1 ORDER BY f.pk_frame LIMIT 1",
-            &[&job1],
-        )
-        .expect("frame and host");
-    let (frame, layer, host): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+    let (frame, layer, host) = first_frame(&mut c, &job1);
     // (folder row, SUM(proc) of the folder's jobs)
     let used = |c: &mut postgres::Client| -> (i64, i64) {
         let r = c
@@ -438,10 +440,7 @@ fn folder_derivation_against_a_booking_in_flight(schema: Schema, block: u8) {
     assert_eq!(used(&mut c), (100, 100), "the booking's folder delta landed on the derived value");
     // 2. A booking that holds the folder: skipped at once, exact on the next try.
     c.execute("UPDATE folder_resource SET int_cores = int_cores + 700 WHERE pk_folder = $1", &[&folder]).expect("drift");
-    let frame2: String = c
-        .query_one("SELECT pk_frame::text FROM frame WHERE pk_job = $1 AND pk_frame <> $2 ORDER BY pk_frame LIMIT 1", &[&job1, &frame])
-        .expect("second frame")
-        .get(0);
+    let frame2 = other_frame(&mut c, &job1, &frame);
     let mut booking = other.transaction().expect("begin booking");
     booking.execute(INSERT_PROC, &[&host, &f.org.show_id, &layer, &job1, &frame2]).expect("proc");
     booking.execute("UPDATE job_resource SET int_cores = int_cores + 100 WHERE pk_job = $1", &[&job1]).expect("job delta");
