@@ -68,6 +68,15 @@ fn main() {
 }
 
 fn run(args: &Args) -> Result<(), String> {
+    if !(args.frame_secs.is_finite() && args.frame_secs > 0.0 && args.frame_secs <= 3600.0) {
+        return Err(format!("--frame-secs {}: a number of seconds above 0 and at most 3600", args.frame_secs));
+    }
+    if !(0.0..=1.0).contains(&args.failure_rate) {
+        return Err(format!("--failure-rate {}: a fraction from 0 to 1", args.failure_rate));
+    }
+    if args.hosts == 0 {
+        return Err("--hosts 0: the farm needs at least one host".into());
+    }
     let server = Server::from_env()?;
     let db = "cue_demo";
     std::fs::create_dir_all(&args.out).map_err(|e| format!("create {}: {e}", args.out))?;
