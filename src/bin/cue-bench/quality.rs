@@ -749,6 +749,13 @@ fn outcome(policy: &str, shape: &QualityShape, plan: &[PlannedJob], tracker: &Tr
     let contention = Contention::of(samples);
     let mut notes = end.notes;
     notes.insert(0, contention.describe());
+    let per_show: Vec<String> = (0..SHOWS)
+        .map(|show| {
+            let waits = sorted(tracker.runs.iter().filter(|r| r.show == show && is_wide(r.kind)).map(Run::wait).collect());
+            format!("{} {:.1} s ({} frames)", QUALITY_SHOWS[show].0, percentile(&waits, 0.99), waits.len())
+        })
+        .collect();
+    notes.insert(1, format!("wide-frame wait p99 by show: {}", per_show.join(", ")));
     let farm_units = (shape.farm_cores() * 100) as f64;
     let utilisation_series = samples.iter().map(|s| (s.secs, 100.0 * s.busy() as f64 / farm_units)).collect();
     let share_series = (0..SHOWS)
