@@ -291,10 +291,11 @@ pub const RUNTIME_ESTIMATE_MAX_AGE_MS: u64 = 10_000;
 /// Layers the policy remembers (estimates, hold attempts) before old entries are dropped.
 pub const POLICY_LAYERS_TRACKED_MAX: usize = 20_000;
 
-/// Fair share is enforced only while less than this percentage of a pool's cores is idle:
-/// it protects a full pool's freed cores for the shows short of their share; cores that stay
-/// idle show those shows could not use them, and holding the others back would idle the farm.
-/// Above the churn of releases being rebooked (1–3 % on the quality farm).
+/// Fair share is enforced while less than this percentage of a pool's cores is idle: it
+/// protects a full pool's freed cores for the shows short of their share. With more idle, it is
+/// enforced only where a short show's smallest waiting frame fits one host's idle room
+/// (`Policy::budget`); cores those shows cannot use are not held back from the others, which
+/// would idle the farm. Above the churn of releases being rebooked (1–3 % on the quality farm).
 pub const FAIR_SHARE_IDLE_LIFT_PERCENT: i64 = 3;
 
 /// Subscriptions (size, booked cores) and pool sizes are re-read this often for fair share.

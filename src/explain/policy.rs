@@ -93,12 +93,12 @@ fn read_shares(client: &mut Client, show_id: &str, tolerance: f64) -> Result<Vec
         let name: String = row.try_get(1).map_err(|e| format!("read subscriptions: {e}"))?;
         let show: String = row.try_get(2).map_err(|e| format!("read subscriptions: {e}"))?;
         let waiting: i64 = row.try_get::<_, i64>(5).map_err(|e| format!("read subscriptions: {e}"))?.max(0);
-        let (size, used, pool) = (get(3)?, get(4)?, Pool { cores: get(6)?, idle: get(7)? });
+        let (size, used, pool) = (get(3)?, get(4)?, Pool { cores: get(6)?, idle: get(7)?, largest_idle: 0 });
         if pools.last().is_none_or(|p| p.0 != alloc) {
             pools.push((alloc.clone(), name, pool, Vec::new()));
         }
         if let Some(p) = pools.last_mut() {
-            p.3.push(ShowUse { show_id: show, size, used, demanding: waiting > 0, waiting });
+            p.3.push(ShowUse { show_id: show, size, used, demanding: waiting > 0, waiting, waiting_min: i64::MAX });
         }
     }
     Ok(pools
@@ -106,7 +106,9 @@ fn read_shares(client: &mut Client, show_id: &str, tolerance: f64) -> Result<Vec
         .filter_map(|(_, name, pool, shows)| {
             let mine = shows.iter().find(|s| s.show_id == show_id)?;
             let entitled = policy::entitlements(pool.cores, &shows, show_id).get(show_id).copied().unwrap_or(0);
-            // As the scheduler decides it: no limit while cores sit idle.
+            // As the scheduler decides it on a pool with idle cores it reads: no limit while
+            // cores sit idle (the scheduler also limits where a short show's smallest waiting
+            // frame fits one host's idle room, which only its own passes know).
             let held_to_share = !pool.has_idle_room() && policy::fair_budget(pool.cores, &shows, show_id, tolerance).is_some_and(|b| b < CORE_UNITS_PER_CORE);
             Some(ShareLine { alloc: name, size: mine.size, used: mine.used, entitled, held_to_share })
         })

@@ -227,6 +227,10 @@ pub struct ShowUse {
     /// Core units of the frames its last such pass left unbooked (a lower bound of what it
     /// waits for: a pass reads a bounded batch); 0 when not demanding.
     pub waiting: i64,
+    /// Core units of the smallest frame that pass found no host for while no host had that
+    /// much idle room (`i64::MAX`: none). Room of that size appearing since is room the show
+    /// can use, so a show above its share is held back from it (`Policy::budget`).
+    pub waiting_min: i64,
 }
 
 /// Each demanding show's entitlement on a pool of `pool_cores` (`show` always counts, as
@@ -348,6 +352,8 @@ struct ShowState {
     last_demand: Option<Instant>,
     /// Core units the last pass that left frames unbooked left (`ShowUse::waiting`).
     waiting: i64,
+    /// `ShowUse::waiting_min` of that pass.
+    waiting_min: i64,
 }
 
 #[derive(Default)]
@@ -369,6 +375,8 @@ struct State {
 pub struct Pool {
     pub cores: i64,
     pub idle: i64,
+    /// The most idle cores of any one open host.
+    pub largest_idle: i64,
 }
 
 impl Pool {
@@ -536,15 +544,20 @@ impl Policy {
         }
     }
 
-    /// A pass of `show` on the pool left `unmet` core units of frames unbooked (0: none).
-    pub fn note_pass(&self, alloc_id: &str, show_id: &str, unmet: i64, now: Instant) {
+    /// A pass of `show` on the pool left `unmet` core units of frames unbooked (0: none), the
+    /// smallest frame it found no host for being `unmatched_min` core units (`i64::MAX`: none).
+    /// A frame that found no host although the pool's last read showed a host with that much
+    /// idle room waits for something else (memory, tags): it does not count as able to use room.
+    pub fn note_pass(&self, alloc_id: &str, show_id: &str, unmet: i64, unmatched_min: i64, now: Instant) {
         if unmet <= 0 {
             return;
         }
         let mut state = self.state.lock();
+        let largest_idle = state.pools.get(alloc_id).map_or(0, |p| p.largest_idle);
         if let Some(s) = state.shows.get_mut(&(alloc_id.to_string(), show_id.to_string())) {
             s.last_demand = Some(now);
             s.waiting = unmet;
+            s.waiting_min = if unmatched_min <= largest_idle { i64::MAX } else { unmatched_min };
         }
     }
 
@@ -565,7 +578,8 @@ impl Policy {
                     row: row.clone(),
                     share: previous.as_ref().map_or(0.0, |p| p.share),
                     last_demand: previous.as_ref().and_then(|p| p.last_demand),
-                    waiting: previous.map_or(0, |p| p.waiting),
+                    waiting: previous.as_ref().map_or(0, |p| p.waiting),
+                    waiting_min: previous.map_or(i64::MAX, |p| p.waiting_min),
                 },
             );
         }
@@ -586,14 +600,17 @@ impl Policy {
         self.settings.demand_window
     }
 
-    /// The fair-share budget of `show` on `alloc` now (see `fair_budget`).
+    /// The fair-share budget of `show` on `alloc` now (see `fair_budget`). It binds on a
+    /// nearly full pool, and on any pool where a show short of its share could use the room
+    /// that has freed since its last pass (`ShowUse::waiting_min`); otherwise the idle cores
+    /// are of no use to the short shows and nobody is held back from them.
     pub fn budget(&self, alloc_id: &str, show_id: &str, now: Instant) -> Option<i64> {
         let state = self.state.lock();
         let pool = *state.pools.get(alloc_id)?;
-        if pool.has_idle_room() {
+        let shows = shows_of(&state, alloc_id, self.demand_window(), now);
+        if pool.has_idle_room() && !shows.iter().any(|s| s.show_id != show_id && s.demanding && s.waiting_min <= pool.largest_idle) {
             return None;
         }
-        let shows = shows_of(&state, alloc_id, self.demand_window(), now);
         fair_budget(pool.cores, &shows, show_id, self.settings.fair_share_tolerance)
     }
 
@@ -704,6 +721,7 @@ fn shows_of(state: &State, alloc_id: &str, window: Duration, now: Instant) -> Ve
             used: s.row.used,
             demanding: recent(s.last_demand),
             waiting: if recent(s.last_demand) { s.waiting } else { 0 },
+            waiting_min: if recent(s.last_demand) { s.waiting_min } else { i64::MAX },
         })
         .collect();
     shows.sort_by(|a, b| a.show_id.cmp(&b.show_id));

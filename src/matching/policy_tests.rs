@@ -116,12 +116,12 @@ fn backfill_only_ends_before_the_hold_is_due() {
 
 /// A show; a demanding one waits for more than any pool here holds.
 fn show(id: &str, size: i64, used: i64, demanding: bool) -> ShowUse {
-    ShowUse { show_id: id.into(), size: size * CORE, used: used * CORE, demanding, waiting: if demanding { 10_000 * CORE } else { 0 } }
+    ShowUse { show_id: id.into(), size: size * CORE, used: used * CORE, demanding, waiting: if demanding { 10_000 * CORE } else { 0 }, waiting_min: i64::MAX }
 }
 
 /// A demanding show that waits for `waiting` more cores.
 fn asking(id: &str, size: i64, used: i64, waiting: i64) -> ShowUse {
-    ShowUse { show_id: id.into(), size: size * CORE, used: used * CORE, demanding: true, waiting: waiting * CORE }
+    ShowUse { show_id: id.into(), size: size * CORE, used: used * CORE, demanding: true, waiting: waiting * CORE, waiting_min: i64::MAX }
 }
 
 #[test]
@@ -261,32 +261,65 @@ fn budget_follows_demand_and_its_window() {
         used: used * CORE,
     };
     let rows = vec![row("small", 20, 90), row("big", 50, 10)];
-    policy.update_subscriptions(&rows, HashMap::from([("A".to_string(), Pool { cores: 100 * CORE, idle: 0 })]), t0);
+    policy.update_subscriptions(&rows, HashMap::from([("A".to_string(), Pool { cores: 100 * CORE, idle: 0, largest_idle: 0 })]), t0);
     // Nobody has shown demand: no limit.
     assert_eq!(policy.budget("A", "small", t0), None);
-    policy.note_pass("A", "big", 1_000 * CORE, t0);
-    policy.note_pass("A", "small", 1_000 * CORE, t0);
+    policy.note_pass("A", "big", 1_000 * CORE, i64::MAX, t0);
+    policy.note_pass("A", "small", 1_000 * CORE, i64::MAX, t0);
     assert_eq!(policy.budget("A", "small", t0 + Duration::from_secs(1)), Some(0));
     // The demand lapses after the window.
     assert_eq!(policy.budget("A", "small", t0 + Duration::from_secs(4)), None);
     // Unknown pools are not limited.
     assert_eq!(policy.budget("B", "small", t0), None);
     // Nor is a pool with idle cores left over (the short show cannot use them).
-    policy.note_pass("A", "big", 1_000 * CORE, t0 + Duration::from_secs(5));
-    policy.note_pass("A", "small", 1_000 * CORE, t0 + Duration::from_secs(5));
+    policy.note_pass("A", "big", 1_000 * CORE, i64::MAX, t0 + Duration::from_secs(5));
+    policy.note_pass("A", "small", 1_000 * CORE, i64::MAX, t0 + Duration::from_secs(5));
     assert_eq!(policy.budget("A", "small", t0 + Duration::from_secs(5)), Some(0));
     // With idle room left over, nobody is held back (the short show could not use it).
     let t5 = t0 + Duration::from_secs(5);
-    let almost = Pool { cores: 100 * CORE, idle: (crate::limits::FAIR_SHARE_IDLE_LIFT_PERCENT - 1) * CORE };
+    let almost = Pool { cores: 100 * CORE, idle: (crate::limits::FAIR_SHARE_IDLE_LIFT_PERCENT - 1) * CORE, largest_idle: CORE };
     policy.update_subscriptions(&rows, HashMap::from([("A".to_string(), almost)]), t5);
     assert_eq!(policy.budget("A", "small", t5), Some(0), "a release's worth of idle cores is protected");
-    let idle = Pool { cores: 100 * CORE, idle: crate::limits::FAIR_SHARE_IDLE_LIFT_PERCENT * CORE };
+    let idle = Pool { cores: 100 * CORE, idle: crate::limits::FAIR_SHARE_IDLE_LIFT_PERCENT * CORE, largest_idle: CORE };
     policy.update_subscriptions(&rows, HashMap::from([("A".to_string(), idle)]), t5);
     assert_eq!(policy.budget("A", "small", t5), None, "cores left idle: big could not use them");
     let shares = policy.shares(t0 + Duration::from_secs(6));
     let big = shares.iter().find(|s| s.subscription.show_name == "big").expect("big listed");
     assert_eq!(big.entitled, 100 * CORE * 50 / 70);
     assert!(big.demanding);
+}
+
+/// Idle room a short show can use is protected on any pool; room it cannot use is not, and a
+/// frame that found no host although the room was there does not count as able to use it.
+#[test]
+fn budget_protects_idle_room_the_short_show_can_use() {
+    let policy = Policy::new(PolicySettings { name: PolicyName::Smart, demand_window: Duration::from_secs(3), ..PolicySettings::default() });
+    let t0 = Instant::now();
+    let row = |show: &str, size: i64, used: i64| SubscriptionRow {
+        alloc_id: "A".into(),
+        alloc_name: "lax.general".into(),
+        show_id: show.into(),
+        show_name: show.into(),
+        size: size * CORE,
+        used: used * CORE,
+    };
+    let rows = vec![row("small", 20, 60), row("big", 50, 10)];
+    // A fifth of the pool idle, at most `largest` cores of it on one host.
+    let pool = |largest: i64| HashMap::from([("A".to_string(), Pool { cores: 100 * CORE, idle: 20 * CORE, largest_idle: largest * CORE })]);
+    policy.update_subscriptions(&rows, pool(4), t0);
+    // big's pass left 16-core frames without a host while no host had 16 idle cores.
+    policy.note_pass("A", "big", 64 * CORE, 16 * CORE, t0);
+    policy.note_pass("A", "small", 100 * CORE, CORE, t0);
+    assert_eq!(policy.budget("A", "small", t0), None, "4 idle cores a host: of no use to big's 16-core frames");
+    policy.update_subscriptions(&rows, pool(16), t0);
+    assert_eq!(policy.budget("A", "small", t0), Some(0), "a host with 16 idle cores is big's");
+    // The same frames, found no host although a host showed 16 idle cores: they wait for
+    // something else, and small is not held back.
+    policy.note_pass("A", "big", 64 * CORE, 16 * CORE, t0);
+    assert_eq!(policy.budget("A", "small", t0), None);
+    // big itself is never held back by its own frames.
+    policy.note_pass("A", "big", 64 * CORE, CORE, t0);
+    assert_eq!(policy.budget("A", "big", t0), None);
 }
 
 #[test]

@@ -593,14 +593,15 @@ fn read_subscriptions(client: &mut Client) -> Result<(Vec<SubscriptionRow>, Hash
     }
     let pools = client
         .query(
-            "SELECT pk_alloc::text, COALESCE(sum(int_cores), 0)::bigint, COALESCE(sum(int_cores_idle), 0)::bigint
+            "SELECT pk_alloc::text, COALESCE(sum(int_cores), 0)::bigint, COALESCE(sum(int_cores_idle), 0)::bigint,
+                    COALESCE(max(int_cores_idle), 0)::bigint
              FROM host WHERE str_lock_state = 'OPEN' GROUP BY pk_alloc",
             &[],
         )
         .map_err(DbError::query(CTX))?;
     let mut cores = HashMap::with_capacity(pools.len());
     for row in &pools {
-        cores.insert(queries::col::<String>(row, 0, CTX)?, Pool { cores: queries::col(row, 1, CTX)?, idle: queries::col(row, 2, CTX)? });
+        cores.insert(queries::col::<String>(row, 0, CTX)?, Pool { cores: queries::col(row, 1, CTX)?, idle: queries::col(row, 2, CTX)?, largest_idle: queries::col(row, 3, CTX)? });
     }
     Ok((out, cores))
 }

@@ -146,7 +146,8 @@ fn after_pass(ctx: &Context, pass: &Pass, plans: &[JobPlan]) {
     let left: Vec<&LayerState> = plans.iter().flat_map(|p| &p.states).filter(|s| !s.frames.is_empty()).collect();
     if let Some(alloc) = &pass.cluster.alloc_id {
         let unmet: i64 = left.iter().map(|s| s.frames.len() as i64 * min_frame_units(s.work)).sum();
-        ctx.policy.note_pass(alloc, &pass.cluster.show_id, unmet, now);
+        let unmatched_min = left.iter().filter(|s| !s.matched).map(|s| min_frame_units(s.work)).min().unwrap_or(i64::MAX);
+        ctx.policy.note_pass(alloc, &pass.cluster.show_id, unmet, unmatched_min, now);
     }
     // A show held to its fair share does not hold hosts for frames it may not book.
     let fair_room = pass.fair_budget.as_ref().map_or(i64::MAX, |b| b.load(Ordering::SeqCst));
