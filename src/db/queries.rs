@@ -44,6 +44,9 @@ fn managed_clause(managed_mode: bool, alias: &str) -> String {
 
 /// The pending-work query of one cluster pass: the cluster's top jobs (Cuebot's eligibility,
 /// priority then FIFO), each with its dispatchable layers and a bounded batch of WAITING frames.
+/// With `$10` (policy `smart`: `scheduler.aging_after` in seconds) a starving job — nothing
+/// running, started longer ago than that — goes before the rest, oldest first: otherwise a job
+/// of low priority behind `$5` others of its show is never read, so no rule in the pass could age it.
 pub fn pass_sql(managed_mode: bool) -> String {
     let managed = managed_clause(managed_mode, "s");
     let limit_ok = layer_limit_ok("l.pk_layer");
@@ -60,7 +63,8 @@ pub fn pass_sql(managed_mode: bool) -> String {
                   jr.int_cores::bigint AS cores, jr.int_max_cores::bigint AS max_cores,
                   jr.int_gpus::bigint AS gpus, jr.int_max_gpus::bigint AS max_gpus, j.ts_started,
                   slot.n AS job_slot, slot.n <> $9::bigint AS other_slot,
-                  CASE WHEN slot.n <> $9::bigint THEN -extract(epoch FROM j.ts_started) ELSE extract(epoch FROM j.ts_started) END AS queue_order
+                  CASE WHEN slot.n <> $9::bigint THEN -extract(epoch FROM j.ts_started) ELSE extract(epoch FROM j.ts_started) END AS queue_order,
+                  age.starving
            FROM job j
            JOIN job_stat js ON js.pk_job = j.pk_job
            JOIN job_resource jr ON jr.pk_job = j.pk_job
@@ -70,6 +74,8 @@ pub fn pass_sql(managed_mode: bool) -> String {
            -- within a priority: a job's slot, rotating on the database clock.
            CROSS JOIN LATERAL (SELECT mod(hashtext(j.pk_job::text)::bigint + 2147483648
                                           + extract(epoch FROM now())::bigint / {rotate}, $8::bigint) AS n) slot
+           CROSS JOIN LATERAL (SELECT COALESCE(js.int_running_count = 0
+                                               AND j.ts_started < now() - make_interval(secs => $10::float8), false) AS starving) age
            WHERE j.pk_show = $1 AND j.pk_facility = $2 AND j.str_state = 'PENDING'
              AND NOT j.b_paused AND j.b_auto_book AND js.int_waiting_count > 0
              AND (fr.int_max_cores < 0 OR fr.int_cores < fr.int_max_cores)
@@ -81,7 +87,7 @@ pub fn pass_sql(managed_mode: bool) -> String {
            -- Own slot oldest first; other slots' jobs after them, newest first: a helper
            -- takes from the far end of another instance's queue (work stealing), so the two
            -- meet only when that queue is nearly empty.
-           ORDER BY jr.int_priority DESC, other_slot, queue_order, j.pk_job
+           ORDER BY age.starving DESC, CASE WHEN age.starving THEN j.ts_started END, jr.int_priority DESC, other_slot, queue_order, j.pk_job
            OFFSET 0),
          jobs AS (
            SELECT c.*,
@@ -137,7 +143,8 @@ pub fn pass_sql(managed_mode: bool) -> String {
            AND jobs.gpus + l.int_gpus_min < jobs.max_gpus
            AND {limit_ok}
            AND fr.ids IS NOT NULL
-         ORDER BY jobs.priority DESC, jobs.other_slot, jobs.queue_order, jobs.pk_job, l.int_dispatch_order, l.pk_layer"
+         ORDER BY jobs.starving DESC, CASE WHEN jobs.starving THEN jobs.ts_started END, jobs.priority DESC, jobs.other_slot,
+                  jobs.queue_order, jobs.pk_job, l.int_dispatch_order, l.pk_layer"
     )
 }
 
@@ -154,23 +161,27 @@ pub struct PassWork {
     pub alloc_headroom: Option<i64>,
 }
 
+/// How much one pass reads, and in what order.
+pub struct PassBounds {
+    pub jobs_max: i64,
+    pub frames_per_layer: i64,
+    /// (instances sharing the farm, this one's rank): each prefers its own slot's jobs.
+    pub share: (i64, i64),
+    /// Policy `smart`: starving jobs first after this many seconds (`None`: Cuebot's order).
+    pub aging_secs: Option<f64>,
+}
+
 /// Runs the pass query and groups its rows into per-layer work, jobs shared between layers.
-pub fn fetch_pass(
-    client: &mut Client,
-    statement: &Statement,
-    cluster: &Cluster,
-    jobs_max: i64,
-    frames_per_layer: i64,
-    skip_frames: &[String],
-    (servers, rank): (i64, i64),
-) -> Result<PassWork, DbError> {
+pub fn fetch_pass(client: &mut Client, statement: &Statement, cluster: &Cluster, bounds: &PassBounds, skip_frames: &[String]) -> Result<PassWork, DbError> {
     const CTX: &str = "read pending work";
-    let servers = servers.max(1);
-    let rank = rank.clamp(0, servers - 1);
+    let (jobs_max, frames_per_layer) = (bounds.jobs_max, bounds.frames_per_layer);
+    let servers = bounds.share.0.max(1);
+    let rank = bounds.share.1.clamp(0, servers - 1);
+    let aging_secs = bounds.aging_secs;
     let rows = client
         .query(
             statement,
-            &[&cluster.show_id, &cluster.facility_id, &cluster.tags, &cluster.alloc_id, &jobs_max, &frames_per_layer, &skip_frames, &servers, &rank],
+            &[&cluster.show_id, &cluster.facility_id, &cluster.tags, &cluster.alloc_id, &jobs_max, &frames_per_layer, &skip_frames, &servers, &rank, &aging_secs],
         )
         .map_err(DbError::query(CTX))?;
     let mut work: Vec<LayerWork> = Vec::with_capacity(rows.len());

@@ -427,9 +427,12 @@ impl<'a> Feed<'a> {
         let started = Instant::now();
         let skip = self.ctx.unlaunchable_frames();
         let share = self.ctx.serving().share();
+        let policy = &self.ctx.policy;
+        let aging_secs = policy.smart().then_some(policy.settings.aging_after.as_secs_f64());
         let result = match self.connection() {
             Ok(conn) => {
-                queries::fetch_pass(&mut conn.client, &conn.pass, &cluster, jobs_max, frames_max, &skip, share)
+                let bounds = queries::PassBounds { jobs_max, frames_per_layer: frames_max, share, aging_secs };
+                queries::fetch_pass(&mut conn.client, &conn.pass, &cluster, &bounds, &skip)
             }
             Err(e) => Err(e),
         };

@@ -319,7 +319,7 @@ fn instances_sharing_a_cluster_prefer_different_jobs() {
     let statement = client.prepare(&queries::pass_sql(true)).expect("prepare");
     let epoch = |c: &mut postgres::Client| c.query_one("SELECT extract(epoch FROM now())::bigint / 10", &[]).expect("epoch").get::<_, i64>(0);
     let jobs = |c: &mut postgres::Client, share: (i64, i64)| -> Vec<String> {
-        let work = queries::fetch_pass(c, &statement, &cluster, 4, 10, &[], share).expect("pass").work;
+        let work = queries::fetch_pass(c, &statement, &cluster, &queries::PassBounds { jobs_max: 4, frames_per_layer: 10, share, aging_secs: None }, &[]).expect("pass").work;
         let mut names: Vec<String> = work.iter().map(|w| w.job.name.clone()).collect();
         names.dedup();
         names
@@ -339,6 +339,57 @@ fn instances_sharing_a_cluster_prefer_different_jobs() {
     let fifo: Vec<String> = (0..4).map(|j| format!("showa-slot{j:02}")).collect();
     assert_eq!(alone, fifo, "a lone instance keeps FIFO order");
     assert_eq!(jobs(&mut client, (5, 9)).len(), 4, "an out-of-range rank is clamped, never an error");
+}
+
+/// Policy `smart` reads a starving job first: nothing running and started longer ago than
+/// `scheduler.aging_after`, it goes before the higher-priority jobs that would otherwise fill
+/// every pass's job limit. Without aging (legacy) the order is Cuebot's; a job with a frame
+/// running is not starving.
+#[test]
+fn a_starving_job_is_read_before_higher_priorities_under_aging() {
+    use cue_scheduler::db::queries;
+    use cue_scheduler::model::{Cluster, ClusterKind};
+    let fleet = fleet("inst_aging");
+    for j in 0..6 {
+        fleet.job(&format!("showa-busy{j}"), "alloc0", 2);
+    }
+    fleet.job("showa-old", "alloc0", 2);
+    let mut client = fleet.db.client();
+    client
+        .batch_execute(
+            "UPDATE job_resource SET int_priority = 200 WHERE pk_job IN (SELECT pk_job FROM job WHERE str_name LIKE 'showa-busy%');
+             UPDATE job_resource SET int_priority = 50 WHERE pk_job = (SELECT pk_job FROM job WHERE str_name = 'showa-old');
+             UPDATE job SET ts_started = now() - interval '10 minutes' WHERE str_name = 'showa-old';",
+        )
+        .expect("priorities");
+    let cluster = Cluster {
+        facility_id: fleet.org.facility_id.clone(),
+        facility_name: "lax".into(),
+        show_id: fleet.org.show_id.clone(),
+        show_name: "showa".into(),
+        kind: ClusterKind::Manual,
+        tags: vec!["alloc0".into()],
+        alloc_id: None,
+    };
+    let statement = client.prepare(&queries::pass_sql(true)).expect("prepare");
+    let first = |c: &mut postgres::Client, aging_secs: Option<f64>| -> Vec<String> {
+        let bounds = queries::PassBounds { jobs_max: 4, frames_per_layer: 10, share: (1, 0), aging_secs };
+        let work = queries::fetch_pass(c, &statement, &cluster, &bounds, &[]).expect("pass").work;
+        let mut names: Vec<String> = work.iter().map(|w| w.job.name.clone()).collect();
+        names.dedup();
+        names
+    };
+    let legacy = first(&mut client, None);
+    assert_eq!(legacy.len(), 4);
+    assert!(!legacy.contains(&"showa-old".to_string()), "Cuebot's order reads the four busy jobs: {legacy:?}");
+    let aged = first(&mut client, Some(30.0));
+    assert_eq!(aged.first().map(String::as_str), Some("showa-old"), "{aged:?}");
+    assert_eq!(aged.len(), 4);
+    assert!(!first(&mut client, Some(3_600.0)).contains(&"showa-old".to_string()), "younger than aging_after: not starving");
+    client
+        .execute("UPDATE job_stat SET int_running_count = 1 WHERE pk_job = (SELECT pk_job FROM job WHERE str_name = 'showa-old')", &[])
+        .expect("running");
+    assert!(!first(&mut client, Some(30.0)).contains(&"showa-old".to_string()), "a job with a frame running is not starving");
 }
 
 /// One ownership session as an instance opens it: `application_name` ends in `[id]`.
