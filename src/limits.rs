@@ -293,9 +293,9 @@ pub const POLICY_LAYERS_TRACKED_MAX: usize = 20_000;
 
 /// Fair share is enforced while less than this percentage of a pool's cores is idle: it
 /// protects a full pool's freed cores for the shows short of their share. With more idle, it is
-/// enforced only where a short show's smallest waiting frame fits one host's idle room
-/// (`Policy::budget`); cores those shows cannot use are not held back from the others, which
-/// would idle the farm. Above the churn of releases being rebooked (1–3 % on the quality farm).
+/// enforced only where another demanding show's smallest waiting frame fits one host's idle
+/// room (`Policy::budget`); cores no other show can use are not held back, which would idle
+/// the farm. Above the churn of releases being rebooked (1–3 % on the quality farm).
 pub const FAIR_SHARE_IDLE_LIFT_PERCENT: i64 = 3;
 
 /// Subscriptions (size, booked cores) and pool sizes are re-read this often for fair share.

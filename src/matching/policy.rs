@@ -601,9 +601,10 @@ impl Policy {
     }
 
     /// The fair-share budget of `show` on `alloc` now (see `fair_budget`). It binds on a
-    /// nearly full pool, and on any pool where a show short of its share could use the room
-    /// that has freed since its last pass (`ShowUse::waiting_min`); otherwise the idle cores
-    /// are of no use to the short shows and nobody is held back from them.
+    /// nearly full pool, and on a pool with idle cores where one host's idle room fits the
+    /// smallest frame another show with demand found no host for (`ShowUse::waiting_min`: room
+    /// freed since its last pass, which that show can use), provided some show is short of its
+    /// share. Otherwise the idle cores are of no use to the other shows, and nobody is held back.
     pub fn budget(&self, alloc_id: &str, show_id: &str, now: Instant) -> Option<i64> {
         let state = self.state.lock();
         let pool = *state.pools.get(alloc_id)?;

@@ -248,19 +248,16 @@ fn hold_attempts_are_rate_limited_per_layer() {
     assert!(policy.may_try_hold("L", t0 + Duration::from_millis(crate::limits::RESERVATION_RETRY_MS)));
 }
 
+/// A show's subscription on pool `A`, in whole cores.
+fn sub_row(show: &str, size: i64, used: i64) -> SubscriptionRow {
+    SubscriptionRow { alloc_id: "A".into(), alloc_name: "lax.general".into(), show_id: show.into(), show_name: show.into(), size: size * CORE, used: used * CORE }
+}
+
 #[test]
 fn budget_follows_demand_and_its_window() {
     let policy = Policy::new(PolicySettings { name: PolicyName::Smart, demand_window: Duration::from_secs(3), ..PolicySettings::default() });
     let t0 = Instant::now();
-    let row = |show: &str, size: i64, used: i64| SubscriptionRow {
-        alloc_id: "A".into(),
-        alloc_name: "lax.general".into(),
-        show_id: show.into(),
-        show_name: show.into(),
-        size: size * CORE,
-        used: used * CORE,
-    };
-    let rows = vec![row("small", 20, 90), row("big", 50, 10)];
+    let rows = vec![sub_row("small", 20, 90), sub_row("big", 50, 10)];
     policy.update_subscriptions(&rows, HashMap::from([("A".to_string(), Pool { cores: 100 * CORE, idle: 0, largest_idle: 0 })]), t0);
     // Nobody has shown demand: no limit.
     assert_eq!(policy.budget("A", "small", t0), None);
@@ -295,15 +292,7 @@ fn budget_follows_demand_and_its_window() {
 fn budget_protects_idle_room_the_short_show_can_use() {
     let policy = Policy::new(PolicySettings { name: PolicyName::Smart, demand_window: Duration::from_secs(3), ..PolicySettings::default() });
     let t0 = Instant::now();
-    let row = |show: &str, size: i64, used: i64| SubscriptionRow {
-        alloc_id: "A".into(),
-        alloc_name: "lax.general".into(),
-        show_id: show.into(),
-        show_name: show.into(),
-        size: size * CORE,
-        used: used * CORE,
-    };
-    let rows = vec![row("small", 20, 60), row("big", 50, 10)];
+    let rows = vec![sub_row("small", 20, 60), sub_row("big", 50, 10)];
     // A fifth of the pool idle, at most `largest` cores of it on one host.
     let pool = |largest: i64| HashMap::from([("A".to_string(), Pool { cores: 100 * CORE, idle: 20 * CORE, largest_idle: largest * CORE })]);
     policy.update_subscriptions(&rows, pool(4), t0);

@@ -137,6 +137,19 @@ impl Fleet {
         farm.job(&workloads::job_spec(&self.org, name, 100_000, vec![layer])).expect("job");
     }
 
+    /// The manual-tag cluster of `showa` on tag `alloc0`, as the pass query takes it.
+    fn manual_cluster(&self) -> cue_scheduler::model::Cluster {
+        cue_scheduler::model::Cluster {
+            facility_id: self.org.facility_id.clone(),
+            facility_name: "lax".into(),
+            show_id: self.org.show_id.clone(),
+            show_name: "showa".into(),
+            kind: cue_scheduler::model::ClusterKind::Manual,
+            tags: vec!["alloc0".into()],
+            alloc_id: None,
+        }
+    }
+
     fn running_of(&self, job: &str) -> i64 {
         let mut client = self.db.client();
         client
@@ -300,21 +313,12 @@ fn overlapping_static_flags_are_settled_by_ownership() {
 #[test]
 fn instances_sharing_a_cluster_prefer_different_jobs() {
     use cue_scheduler::db::queries;
-    use cue_scheduler::model::{Cluster, ClusterKind};
     let fleet = fleet("inst_slots");
     // 40 jobs: each slot of two holds at least 4 of them but with odds of about 1 in 10^8.
     for j in 0..40 {
         fleet.job(&format!("showa-slot{j:02}"), "alloc0", 2);
     }
-    let cluster = Cluster {
-        facility_id: fleet.org.facility_id.clone(),
-        facility_name: "lax".into(),
-        show_id: fleet.org.show_id.clone(),
-        show_name: "showa".into(),
-        kind: ClusterKind::Manual,
-        tags: vec!["alloc0".into()],
-        alloc_id: None,
-    };
+    let cluster = fleet.manual_cluster();
     let mut client = fleet.db.client();
     let statement = client.prepare(&queries::pass_sql(true)).expect("prepare");
     let epoch = |c: &mut postgres::Client| c.query_one("SELECT extract(epoch FROM now())::bigint / 10", &[]).expect("epoch").get::<_, i64>(0);
@@ -348,7 +352,6 @@ fn instances_sharing_a_cluster_prefer_different_jobs() {
 #[test]
 fn a_starving_job_is_read_before_higher_priorities_under_aging() {
     use cue_scheduler::db::queries;
-    use cue_scheduler::model::{Cluster, ClusterKind};
     let fleet = fleet("inst_aging");
     for j in 0..6 {
         fleet.job(&format!("showa-busy{j}"), "alloc0", 2);
@@ -362,15 +365,7 @@ fn a_starving_job_is_read_before_higher_priorities_under_aging() {
              UPDATE job SET ts_started = now() - interval '10 minutes' WHERE str_name = 'showa-old';",
         )
         .expect("priorities");
-    let cluster = Cluster {
-        facility_id: fleet.org.facility_id.clone(),
-        facility_name: "lax".into(),
-        show_id: fleet.org.show_id.clone(),
-        show_name: "showa".into(),
-        kind: ClusterKind::Manual,
-        tags: vec!["alloc0".into()],
-        alloc_id: None,
-    };
+    let cluster = fleet.manual_cluster();
     let statement = client.prepare(&queries::pass_sql(true)).expect("prepare");
     let first = |c: &mut postgres::Client, aging_secs: Option<f64>| -> Vec<String> {
         let bounds = queries::PassBounds { jobs_max: 4, frames_per_layer: 10, share: (1, 0), aging_secs };
