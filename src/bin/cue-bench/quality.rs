@@ -51,6 +51,8 @@ struct FrameRef {
 /// One frame run, from its launch to its release.
 struct Run {
     job: usize,
+    layer: usize,
+    number: i64,
     show: usize,
     kind: LayerKind,
     /// Core units RQD was asked for.
@@ -284,8 +286,35 @@ fn run_policy(args: &Args, server: &Server, shape: &QualityShape, plan: &Arc<Vec
     if !violations.is_empty() {
         notes.push(format!("{} invariant violations, e.g. {}", violations.len(), violations[0]));
     }
+    write_runs(&args.out, policy, plan, &tracker, t0)?;
     let end = RunEnd { wall_secs: t0.elapsed().as_secs_f64(), usage, dead, violations, notes };
     Ok(outcome(policy, shape, plan, &tracker, &samples, end))
+}
+
+/// Every frame run of the policy's run as CSV (`quality-<policy>-runs.csv`, seconds from the
+/// run's start), for looking into which frames waited and why.
+fn write_runs(dir: &str, policy: &str, plan: &[PlannedJob], tracker: &Tracker, t0: Instant) -> Result<(), String> {
+    let secs = |t: Instant| t.saturating_duration_since(t0).as_secs_f64();
+    let mut csv = String::from("job,show,priority,layer,kind,frame,cores,ready_s,launch_s,end_s,wait_s\n");
+    for r in &tracker.runs {
+        let priority = plan.get(r.job).map_or(0, |j| j.priority);
+        let end = r.end.map(|e| format!("{:.3}", secs(e))).unwrap_or_default();
+        let _ = writeln!(
+            csv,
+            "{},{},{priority},{},{},{},{},{:.3},{:.3},{end},{:.3}",
+            r.job,
+            QUALITY_SHOWS[r.show].0,
+            r.layer,
+            r.kind.name(),
+            r.number,
+            r.units / 100,
+            secs(r.ready),
+            secs(r.launch),
+            r.wait()
+        );
+    }
+    let path = Path::new(dir).join(format!("quality-{policy}-runs.csv"));
+    std::fs::write(&path, csv).map_err(|e| format!("write {}: {e}", path.display()))
 }
 
 fn start_completer(server: &Server, sim: &Arc<Sim>, rqd: &FakeRqd) -> Result<Completer, String> {
@@ -463,7 +492,7 @@ impl Tracker {
             }
         }
         self.running.insert(frame_id.to_string(), self.runs.len());
-        self.runs.push(Run { job: frame.job, show: job.show, kind, units, ready, launch: now, end: None });
+        self.runs.push(Run { job: frame.job, layer: frame.layer, number: frame.number, show: job.show, kind, units, ready, launch: now, end: None });
         Some((frame, this_attempt))
     }
 
