@@ -277,6 +277,16 @@ pub const CONTENDED_RETRY_MS: u64 = 100;
 /// host hold at most this often.
 pub const RESERVATION_RETRY_MS: u64 = 2_000;
 
+/// Hosts one layer may hold at once (one per frame that waited past
+/// `scheduler.reservation_after` and fits no host's idle room): a layer of whole-host frames
+/// drains that many hosts side by side instead of one after another. `reservations_max` bounds
+/// all holds together.
+pub const RESERVATIONS_PER_LAYER_MAX: usize = 8;
+
+/// At `scheduler.reservations_max` holds, a frame's hold displaces the hold of a frame that
+/// has waited at least this much less.
+pub const RESERVATION_DISPLACE_MS: u64 = 1_000;
+
 /// A hold whose layer no pass has seen waiting for this long is dropped (its frame ran
 /// elsewhere, was killed or eaten, or its job was paused or finished).
 pub const RESERVATION_UNSEEN_MAX_MS: u64 = 30_000;

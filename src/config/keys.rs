@@ -131,7 +131,7 @@ pub const KEYS: &[Key] = &[
     // Scheduling policy (issue 11; README "Scheduling policy"): legacy is Cuebot's order.
     key("scheduler.policy", "legacy", Any),
     key("scheduler.reservation_after", "10s", UP_TO_A_DAY),
-    key("scheduler.reservations_max", "16", Int(0, 10_000)),
+    key("scheduler.reservations_max", "8", Int(0, 10_000)),
     key("scheduler.runtime_estimate_default", "300s", PERIOD),
     key("scheduler.fair_share_window", "30s", PERIOD),
     key("scheduler.fair_share_tolerance", "0.05", Range::Float { min: 0.0, max: 1.0, open: false }),

@@ -80,7 +80,7 @@ impl Default for PolicySettings {
         PolicySettings {
             name: PolicyName::Legacy,
             reservation_after: Duration::from_secs(10),
-            reservations_max: 16,
+            reservations_max: 8,
             runtime_estimate_default: Duration::from_secs(300),
             fair_share_window: Duration::from_secs(30),
             fair_share_tolerance: 0.05,
@@ -196,12 +196,19 @@ pub fn backfill_until(now: Instant, (secs, certain): (f64, bool)) -> Instant {
 /// smaller host (a whole 32-core host is not held for a 16-core frame if a 16-core host frees
 /// as soon).
 pub fn choose_host(candidates: &[Candidate], need: &Need, default_estimate_secs: f64) -> Option<(usize, (f64, bool))> {
-    candidates
+    choose_hosts(candidates, need, default_estimate_secs, 1).into_iter().next()
+}
+
+/// The `count` candidates that free soonest for `need`, soonest first (ties as `choose_host`):
+/// one host for each of a layer's waiting frames, drained side by side rather than in turn.
+pub fn choose_hosts(candidates: &[Candidate], need: &Need, default_estimate_secs: f64, count: usize) -> Vec<(usize, (f64, bool))> {
+    let mut ranked: Vec<(usize, (f64, bool), i64)> = candidates
         .iter()
         .enumerate()
         .filter_map(|(i, c)| estimate_room(c, need, default_estimate_secs).map(|room| (i, room, c.total.cores)))
-        .min_by(|a, b| a.1 .0.total_cmp(&b.1 .0).then(a.2.cmp(&b.2)))
-        .map(|(i, room, _)| (i, room))
+        .collect();
+    ranked.sort_by(|a, b| a.1 .0.total_cmp(&b.1 .0).then(a.2.cmp(&b.2)).then(a.0.cmp(&b.0)));
+    ranked.into_iter().take(count).map(|(i, room, _)| (i, room)).collect()
 }
 
 /// Whether a frame of a layer with this runtime estimate may book on a host held until `due`:
@@ -309,6 +316,9 @@ pub struct Hold {
     pub job_name: String,
     pub frame_name: String,
     pub need: Need,
+    /// Since when its frame has waited: at `reservations_max`, an older frame's hold takes the
+    /// place of the youngest (`Policy::hold`).
+    pub waiting_since: Instant,
     pub made_at: Instant,
     /// When the host is expected to have room for the frame.
     pub due: Instant,
@@ -432,10 +442,13 @@ impl Policy {
         Arc::clone(&self.state.lock().holds)
     }
 
-    /// Whether the layer may try for a hold now (rate limit, capacity, not already held).
-    pub fn may_try_hold(&self, layer_id: &str, now: Instant) -> bool {
+    /// Whether the layer may try for more holds now: fewer than `wanted` of its own, no try
+    /// within `RESERVATION_RETRY_MS`, and fewer than `reservations_max` holds in all or one
+    /// held for a frame younger than its frames (which have waited since `waiting_since`).
+    pub fn may_try_hold(&self, layer_id: &str, wanted: usize, waiting_since: Instant, now: Instant) -> bool {
         let mut state = self.state.lock();
-        if state.holds.len() >= self.settings.reservations_max || state.holds.values().any(|h| h.layer_id == layer_id) {
+        let own = state.holds.values().filter(|h| h.layer_id == layer_id).count();
+        if own >= wanted || (state.holds.len() >= self.settings.reservations_max && youngest(&state.holds, waiting_since).is_none()) {
             return false;
         }
         let retry = Duration::from_millis(crate::limits::RESERVATION_RETRY_MS);
@@ -449,31 +462,42 @@ impl Policy {
         true
     }
 
-    /// Records a hold unless the host or the layer is already held; returns whether it was.
-    pub fn hold(&self, hold: Hold) -> bool {
+    /// Records a hold unless the host is already held. At `reservations_max` holds it takes
+    /// the place of the hold whose frame waited least, if that frame waited less than this
+    /// one (oldest frames first, as a queue would serve them), else it is refused. A layer may
+    /// hold several hosts, one per waiting frame. Returns whether it was recorded, and the
+    /// hold it displaced.
+    pub fn hold(&self, hold: Hold) -> (bool, Option<Hold>) {
         let mut state = self.state.lock();
-        if state.holds.len() >= self.settings.reservations_max
-            || state.holds.contains_key(&hold.host_id)
-            || state.holds.values().any(|h| h.layer_id == hold.layer_id)
-        {
-            return false;
+        if state.holds.contains_key(&hold.host_id) {
+            return (false, None);
         }
         let mut holds = (*state.holds).clone();
+        let mut displaced = None;
+        if holds.len() >= self.settings.reservations_max {
+            let Some(victim) = youngest(&holds, hold.waiting_since) else { return (false, None) };
+            displaced = holds.remove(&victim);
+        }
         holds.insert(Arc::clone(&hold.host_id), hold);
         state.holds = Arc::new(holds);
-        true
+        (true, displaced)
     }
 
-    /// The hold of a layer, if it has one.
-    pub fn hold_of(&self, layer_id: &str) -> Option<Hold> {
-        self.state.lock().holds.values().find(|h| h.layer_id == layer_id).cloned()
+    /// The holds of a layer, soonest due first.
+    pub fn holds_of(&self, layer_id: &str) -> Vec<Hold> {
+        let mut out: Vec<Hold> = self.state.lock().holds.values().filter(|h| h.layer_id == layer_id).cloned().collect();
+        out.sort_by_key(|h| h.due);
+        out
     }
 
-    /// A new estimate of when the layer's held host has room, and of its backfill window.
-    pub fn set_due(&self, layer_id: &str, due: Instant, backfill_until: Instant, now: Instant) {
+    /// A new estimate of when a held host has room, and of its backfill window.
+    pub fn set_due(&self, host_id: &HostId, due: Instant, backfill_until: Instant, now: Instant) {
         let mut state = self.state.lock();
+        if !state.holds.contains_key(host_id) {
+            return;
+        }
         let mut holds = (*state.holds).clone();
-        for hold in holds.values_mut().filter(|h| h.layer_id == layer_id) {
+        if let Some(hold) = holds.get_mut(host_id) {
             hold.due = due;
             hold.backfill_until = backfill_until;
             hold.checked = now;
@@ -481,7 +505,7 @@ impl Policy {
         state.holds = Arc::new(holds);
     }
 
-    /// The layer is still waiting (a pass saw it): its hold stays.
+    /// The layer is still waiting (a pass saw it): its holds stay.
     pub fn seen(&self, layer_id: &str, now: Instant) {
         let mut state = self.state.lock();
         if !state.holds.values().any(|h| h.layer_id == layer_id) {
@@ -494,9 +518,17 @@ impl Policy {
         state.holds = Arc::new(holds);
     }
 
-    /// The layer booked a frame: its hold is dropped. Returns the dropped hold.
-    pub fn booked(&self, layer_id: &str) -> Option<Hold> {
-        self.drop_where(|h| h.layer_id == layer_id).into_iter().next()
+    /// The layer booked a frame on `host_id`: one frame fewer waits, so one of its holds goes,
+    /// the one on that host if it has one, else the one due last. Returns the dropped hold.
+    pub fn booked(&self, layer_id: &str, host_id: &HostId) -> Option<Hold> {
+        let own_here = self.state.lock().holds.get(host_id).is_some_and(|h| h.layer_id == layer_id);
+        let host = if own_here { Some(Arc::clone(host_id)) } else { self.holds_of(layer_id).pop().map(|h| h.host_id) };
+        self.release(&host?)
+    }
+
+    /// Drops the hold on a host; returns it.
+    pub fn release(&self, host_id: &HostId) -> Option<Hold> {
+        self.drop_where(|h| h.host_id == *host_id).into_iter().next()
     }
 
     /// Drops holds no pass has seen waiting for `unseen_max`; returns them.
@@ -623,6 +655,17 @@ impl Policy {
 
 /// `/policy` on the metrics port: one line per hold and per show share, `key=value` pairs
 /// separated by spaces, values percent-encoded (`explain` reads it back with `parse_line`).
+/// The host of the hold whose frame has waited least, if it waited less than a frame waiting
+/// since `since` (by more than `RESERVATION_DISPLACE_MS`, so equals do not trade places).
+fn youngest(holds: &HoldMap, since: Instant) -> Option<HostId> {
+    let margin = Duration::from_millis(crate::limits::RESERVATION_DISPLACE_MS);
+    holds
+        .values()
+        .filter(|h| h.waiting_since.checked_duration_since(since).is_some_and(|d| d > margin))
+        .max_by_key(|h| h.waiting_since)
+        .map(|h| Arc::clone(&h.host_id))
+}
+
 pub fn render_status(policy: &Policy, now: Instant) -> String {
     let mut out = format!("policy name={}\n", policy.settings.name.name());
     let mut holds: Vec<Hold> = policy.holds().values().cloned().collect();

@@ -65,6 +65,17 @@ fn choose_host_takes_the_host_that_frees_soonest() {
 }
 
 #[test]
+fn choose_hosts_takes_one_host_per_frame_soonest_first() {
+    let frees_at = |secs: f64| host(32, 0, vec![running(32, 0.0, Some(secs))]);
+    let candidates = vec![frees_at(30.0), frees_at(5.0), host(8, 8, vec![]), frees_at(12.0), frees_at(5.0)];
+    let picked = |count| choose_hosts(&candidates, &need(32), 300.0, count).into_iter().map(|(i, _)| i).collect::<Vec<_>>();
+    // Equal estimates keep the candidates' order; the host too small is never picked.
+    assert_eq!(picked(3), [1, 4, 3]);
+    assert_eq!(picked(9), [1, 4, 3, 0]);
+    assert!(picked(0).is_empty());
+}
+
+#[test]
 fn only_wide_or_gpu_frames_are_worth_a_hold() {
     assert!(!worth_holding(&need(1)));
     assert!(worth_holding(&need(2)));
@@ -207,6 +218,7 @@ fn hold(host: &str, layer: &str, seen: Instant) -> Hold {
         job_name: "j".into(),
         frame_name: "0001-wide".into(),
         need: need(16),
+        waiting_since: seen,
         made_at: seen,
         due: seen + Duration::from_secs(10),
         backfill_until: seen + Duration::from_secs(10),
@@ -216,20 +228,30 @@ fn hold(host: &str, layer: &str, seen: Instant) -> Hold {
 }
 
 #[test]
-fn holds_are_one_per_host_and_layer_and_go_when_booked_or_unseen() {
-    let policy = Policy::new(PolicySettings { name: PolicyName::Smart, reservations_max: 2, ..PolicySettings::default() });
+fn holds_are_one_per_host_several_per_layer_and_go_when_booked_or_unseen() {
+    let policy = Policy::new(PolicySettings { name: PolicyName::Smart, reservations_max: 3, ..PolicySettings::default() });
     let t0 = Instant::now();
-    assert!(policy.hold(hold("h1", "L1", t0)));
-    assert!(!policy.hold(hold("h1", "L2", t0)), "host already held");
-    assert!(!policy.hold(hold("h2", "L1", t0)), "layer already holds a host");
-    assert!(!policy.may_try_hold("L1", t0), "a held layer does not try again");
-    assert!(policy.hold(hold("h2", "L2", t0)));
-    assert!(!policy.hold(hold("h3", "L3", t0)), "reservations_max");
-    policy.set_due("L2", t0 + Duration::from_secs(3), t0 + Duration::from_secs(2), t0 + Duration::from_secs(1));
-    let l2 = policy.hold_of("L2").expect("L2 holds h2");
-    assert_eq!((l2.host_name.as_str(), l2.due, l2.checked), ("h2", t0 + Duration::from_secs(3), t0 + Duration::from_secs(1)));
-    assert_eq!(policy.holds().len(), 2);
-    assert_eq!(policy.booked("L1").map(|h| h.host_name), Some("h1".to_string()));
+    let id = |h: &str| -> HostId { Arc::from(h) };
+    assert!(policy.hold(hold("h1", "L1", t0)).0);
+    assert!(!policy.hold(hold("h1", "L2", t0)).0, "host already held");
+    assert!(policy.hold(hold("h2", "L1", t0)).0, "a layer holds one host per waiting frame");
+    assert!(!policy.may_try_hold("L1", 2, t0, t0), "a layer holding as many hosts as it wants does not try again");
+    assert!(policy.may_try_hold("L1", 3, t0, t0), "it tries for a third frame");
+    assert!(policy.hold(hold("h3", "L2", t0)).0);
+    assert!(!policy.hold(hold("h4", "L3", t0)).0, "reservations_max, and no hold's frame waited less");
+    assert!(!policy.may_try_hold("L3", 1, t0, t0 + Duration::from_secs(5)), "no room under reservations_max");
+    policy.set_due(&id("h2"), t0 + Duration::from_secs(30), t0 + Duration::from_secs(2), t0 + Duration::from_secs(1));
+    let l1 = policy.holds_of("L1");
+    let names: Vec<&str> = l1.iter().map(|h| h.host_name.as_str()).collect();
+    assert_eq!(names, ["h1", "h2"], "soonest due first");
+    assert_eq!((l1[1].due, l1[1].checked), (t0 + Duration::from_secs(30), t0 + Duration::from_secs(1)));
+    // A frame booked on a host the layer holds lets that hold go; one booked elsewhere lets
+    // the hold due last go (one frame fewer waits), and never another layer's.
+    assert_eq!(policy.booked("L1", &id("h1")).map(|h| h.host_name), Some("h1".to_string()));
+    assert!(policy.hold(hold("h1", "L1", t0)).0);
+    assert_eq!(policy.booked("L1", &id("h3")).map(|h| h.host_name), Some("h2".to_string()));
+    assert_eq!(policy.booked("L1", &id("h9")).map(|h| h.host_name), Some("h1".to_string()));
+    assert!(policy.booked("L1", &id("h3")).is_none(), "L1 holds nothing now");
     assert_eq!(policy.holds().len(), 1);
     policy.seen("L2", t0 + Duration::from_secs(20));
     assert!(policy.expire(t0 + Duration::from_secs(40), Duration::from_secs(30)).is_empty());
@@ -239,13 +261,35 @@ fn holds_are_one_per_host_and_layer_and_go_when_booked_or_unseen() {
 }
 
 #[test]
+fn at_reservations_max_a_frame_that_waited_longer_displaces_the_youngest_hold() {
+    let policy = Policy::new(PolicySettings { name: PolicyName::Smart, reservations_max: 2, ..PolicySettings::default() });
+    let t0 = Instant::now();
+    let since = |h: &str, l: &str, secs: u64| Hold { waiting_since: t0 + Duration::from_secs(secs), ..hold(h, l, t0 + Duration::from_secs(60)) };
+    assert!(policy.hold(since("h1", "old", 0)).0);
+    assert!(policy.hold(since("h2", "young", 20)).0);
+    let now = t0 + Duration::from_secs(60);
+    // Full: a frame waiting since 30 s does not try; one waiting since 10 s does, and takes
+    // the place of the hold whose frame has waited since 20 s.
+    assert!(!policy.may_try_hold("newer", 1, t0 + Duration::from_secs(30), now));
+    assert!(!policy.hold(since("h3", "newer", 30)).0);
+    assert!(!policy.hold(since("h3", "tie", 20)).0, "equals (within RESERVATION_DISPLACE_MS) do not trade places");
+    assert!(policy.may_try_hold("older", 1, t0 + Duration::from_secs(10), now));
+    let (made, displaced) = policy.hold(since("h3", "older", 10));
+    assert!(made);
+    assert_eq!(displaced.map(|h| h.layer_id), Some("young".to_string()));
+    let mut held: Vec<String> = policy.holds().values().map(|h| h.layer_id.clone()).collect();
+    held.sort();
+    assert_eq!(held, ["old", "older"]);
+}
+
+#[test]
 fn hold_attempts_are_rate_limited_per_layer() {
     let policy = Policy::new(PolicySettings { name: PolicyName::Smart, ..PolicySettings::default() });
     let t0 = Instant::now();
-    assert!(policy.may_try_hold("L", t0));
-    assert!(!policy.may_try_hold("L", t0 + Duration::from_millis(500)));
-    assert!(policy.may_try_hold("M", t0 + Duration::from_millis(500)));
-    assert!(policy.may_try_hold("L", t0 + Duration::from_millis(crate::limits::RESERVATION_RETRY_MS)));
+    assert!(policy.may_try_hold("L", 1, t0, t0));
+    assert!(!policy.may_try_hold("L", 1, t0, t0 + Duration::from_millis(500)));
+    assert!(policy.may_try_hold("M", 1, t0, t0 + Duration::from_millis(500)));
+    assert!(policy.may_try_hold("L", 1, t0, t0 + Duration::from_millis(crate::limits::RESERVATION_RETRY_MS)));
 }
 
 /// A show's subscription on pool `A`, in whole cores.
@@ -317,7 +361,7 @@ fn status_lines_round_trip_hostile_names() {
     let t0 = Instant::now();
     let mut h = hold("host 1", "L1", t0);
     h.job_name = "job=odd %20 name\nwith newline é".into();
-    assert!(policy.hold(h.clone()));
+    assert!(policy.hold(h.clone()).0);
     let text = render_status(&policy, t0);
     let holds: Vec<HashMap<String, String>> = text
         .lines()

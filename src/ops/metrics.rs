@@ -172,7 +172,7 @@ impl Metrics {
             frames_lost_elsewhere_total: counter(&r, "scheduler_frames_lost_elsewhere_total", "Frames planned here but booked first by another booker (another instance, or Cuebot) (addition)"),
             attempts_wasted_by_others_total: counter(&r, "scheduler_attempts_wasted_by_others_total", "Host attempts that booked nothing because another booker took their frames (addition)"),
             reservations_held: gauge(&r, "scheduler_reservations_held", "Policy smart: hosts held for a waiting wide frame now (addition)"),
-            reservations_total: counter_vec(&r, "scheduler_reservations_total", "Policy smart: host holds by outcome: made, booked (its frame booked), expired (its frame left) (addition)", &["outcome"]),
+            reservations_total: counter_vec(&r, "scheduler_reservations_total", "Policy smart: host holds by outcome: made, booked (its frame booked), expired (its frame left), displaced (by a frame that waited longer) (addition)", &["outcome"]),
             show_share_ratio,
             fair_share_limited_total: counter(&r, "scheduler_fair_share_limited_total", "Policy smart: passes whose show was held to its fair share while another show was short of its own (addition)"),
             registry: r,

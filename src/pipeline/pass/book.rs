@@ -141,7 +141,7 @@ pub(super) fn launch_booked(
     let elapsed = pass.fetched_at.elapsed().as_secs_f64();
     let mut launched = 0;
     if !booked.is_empty() && ctx.policy.smart() {
-        release_hold(ctx, layer, host);
+        release_holds(ctx, layer, host, booked.len());
     }
     for b in booked {
         let Some(index) = frames.iter().position(|(f, _)| f.id == b.frame_id) else { continue };
@@ -183,19 +183,22 @@ pub(super) fn launch_booked(
     launched
 }
 
-/// Policy `smart`: the layer booked a frame, so a host held for it is let go.
-fn release_hold(ctx: &Context, layer: &crate::model::Layer, host: &Host) {
-    let Some(hold) = ctx.policy.booked(&layer.id) else { return };
-    ctx.metrics.reservations_total.with_label_values(&["booked"]).inc();
+/// Policy `smart`: the layer booked `frames` frames on `host`, so as many of its holds are let
+/// go (the one on that host first).
+fn release_holds(ctx: &Context, layer: &crate::model::Layer, host: &Host, frames: usize) {
+    for _ in 0..frames {
+        let Some(hold) = ctx.policy.booked(&layer.id, &host.id) else { break };
+        ctx.metrics.reservations_total.with_label_values(&["booked"]).inc();
+        let place = if hold.host_id == host.id { "on the held host".to_string() } else { format!("on {} (not the held host {})", host.name, hold.host_name) };
+        info!(
+            "layer {} of job {} booked {place} {:.0} s after the hold was made (expected {:.0} s)",
+            layer.name,
+            hold.job_name,
+            hold.made_at.elapsed().as_secs_f64(),
+            hold.due.saturating_duration_since(hold.made_at).as_secs_f64()
+        );
+    }
     ctx.metrics.reservations_held.set(ctx.policy.holds().len() as i64);
-    let place = if hold.host_id == host.id { "on the held host".to_string() } else { format!("on {} (not the held host {})", host.name, hold.host_name) };
-    info!(
-        "layer {} of job {} booked {place} {:.0} s after the hold was made (expected {:.0} s)",
-        layer.name,
-        hold.job_name,
-        hold.made_at.elapsed().as_secs_f64(),
-        hold.due.saturating_duration_since(hold.made_at).as_secs_f64()
-    );
 }
 
 /// Frames lost to a booker other than this instance (another instance, or Cuebot): those this

@@ -153,7 +153,8 @@ fn after_pass(ctx: &Context, pass: &Pass, plans: &[JobPlan]) {
     let fair_room = pass.fair_budget.as_ref().map_or(i64::MAX, |b| b.load(Ordering::SeqCst));
     for state in left {
         ctx.policy.seen(&state.work.layer.id, now);
-        if !state.matched && !state.saw_reserved && fair_room >= min_frame_units(state.work) {
+        // A layer that booked some frames this pass may still have frames that waited too long.
+        if !state.saw_reserved && fair_room >= min_frame_units(state.work) {
             reserve::refresh(ctx, &state.work.layer.id, now);
             reserve::consider(ctx, state, now);
         }

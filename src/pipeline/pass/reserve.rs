@@ -24,13 +24,16 @@ const ESTIMATES_SQL: &str = "
                ORDER BY f.ts_stopped DESC LIMIT 50) r)
     FROM unnest($1::text[]) AS l(id)";
 
-/// The layer's next frame needs a host it cannot get: if it waited past
-/// `scheduler.reservation_after`, fits no host's idle room but fits some host's total, hold the
-/// host that frees soonest.
+/// The layer's frames need hosts they cannot get: each frame that waited past
+/// `scheduler.reservation_after` (up to `RESERVATIONS_PER_LAYER_MAX`), less the hosts whose
+/// idle room already fits one, gets a host held if some host's total fits it, the hosts that
+/// free soonest first. The layer's holds drain their hosts side by side: one at a time, the
+/// last frame of a layer of whole-host frames waited for every drain before it.
 pub(super) fn consider(ctx: &Context, state: &LayerState, now: Instant) {
     let settings = &ctx.policy.settings;
-    let Some((frame, _)) = state.frames.first() else { return };
-    if frame.age_secs < settings.reservation_after.as_secs_f64() || settings.reservations_max == 0 {
+    let after = settings.reservation_after.as_secs_f64();
+    let aged: Vec<&Frame> = state.frames.iter().map(|(f, _)| f).filter(|f| f.age_secs >= after).take(crate::limits::RESERVATIONS_PER_LAYER_MAX).collect();
+    if aged.is_empty() || settings.reservations_max == 0 {
         return;
     }
     let (job, layer) = (&state.work.job, &state.work.layer);
@@ -46,10 +49,16 @@ pub(super) fn consider(ctx: &Context, state: &LayerState, now: Instant) {
         .filter(|h| !holds.contains_key(&h.id))
         .collect();
     let fits_idle = |h: &Host| h.cores_idle >= need.cores && h.mem_idle >= need.mem && h.gpus_idle >= need.gpus && h.gpu_mem_idle >= need.gpu_mem;
-    if hosts.is_empty() || hosts.iter().any(fits_idle) || !ctx.policy.may_try_hold(&layer.id, now) {
+    let wanted = aged.len().saturating_sub(hosts.iter().filter(|h| fits_idle(h)).count());
+    let waiting_since = |f: &Frame| now.checked_sub(Duration::from_secs_f64(f.age_secs.clamp(0.0, 1e7))).unwrap_or(now);
+    if wanted == 0 || !ctx.policy.may_try_hold(&layer.id, wanted, aged.iter().map(|f| waiting_since(f)).min().unwrap_or(now), now) {
         return;
     }
-    let candidates = match read_candidates(ctx, &hosts, now) {
+    let draining: Vec<Host> = hosts.into_iter().filter(|h| !fits_idle(h)).collect();
+    if draining.is_empty() {
+        return;
+    }
+    let candidates = match read_candidates(ctx, &draining, now) {
         Ok(c) => c,
         Err(e) => {
             ctx.count_error("policy");
@@ -57,28 +66,37 @@ pub(super) fn consider(ctx: &Context, state: &LayerState, now: Instant) {
             return;
         }
     };
+    let own = ctx.policy.holds_of(&layer.id).len();
     let default_secs = settings.runtime_estimate_default.as_secs_f64();
-    let Some((index, room)) = policy::choose_host(&candidates, &need, default_secs) else { return };
-    let secs = room.0;
-    let host = &hosts[index];
-    let hold = Hold {
-        host_id: Arc::clone(&host.id),
-        host_name: host.name.clone(),
-        layer_id: layer.id.clone(),
-        layer_name: layer.name.clone(),
-        job_id: job.id.clone(),
-        job_name: job.name.clone(),
-        frame_name: frame.name.clone(),
-        need,
-        made_at: now,
-        due: due_after(now, secs),
-        backfill_until: policy::backfill_until(now, room),
-        seen: now,
-        checked: now,
-    };
-    if ctx.policy.hold(hold) {
+    let chosen = policy::choose_hosts(&candidates, &need, default_secs, wanted.saturating_sub(own));
+    // The frames without a hold yet: the first `own` aged frames are taken to be the held ones.
+    for ((index, room), frame) in chosen.into_iter().zip(aged.into_iter().skip(own)) {
+        let host = &draining[index];
+        let hold = Hold {
+            host_id: Arc::clone(&host.id),
+            host_name: host.name.clone(),
+            layer_id: layer.id.clone(),
+            layer_name: layer.name.clone(),
+            job_id: job.id.clone(),
+            job_name: job.name.clone(),
+            frame_name: frame.name.clone(),
+            need,
+            waiting_since: waiting_since(frame),
+            made_at: now,
+            due: due_after(now, room.0),
+            backfill_until: policy::backfill_until(now, room),
+            seen: now,
+            checked: now,
+        };
+        let (made, displaced) = ctx.policy.hold(hold);
+        if !made {
+            break;
+        }
         ctx.metrics.reservations_total.with_label_values(&["made"]).inc();
-        ctx.metrics.reservations_held.set(ctx.policy.holds().len() as i64);
+        if let Some(gone) = displaced {
+            ctx.metrics.reservations_total.with_label_values(&["displaced"]).inc();
+            info!("host {} no longer held for frame {} of job {}: frames that waited longer come first", gone.host_name, gone.frame_name, gone.job_name);
+        }
         info!(
             "holding host {} for frame {} of job {} layer {} ({} cores, waited {:.0} s); expected free in {:.0} s",
             host.name,
@@ -87,42 +105,57 @@ pub(super) fn consider(ctx: &Context, state: &LayerState, now: Instant) {
             layer.name,
             need.cores / CORE_UNITS_PER_CORE,
             frame.age_secs,
-            secs
+            room.0
         );
     }
+    ctx.metrics.reservations_held.set(ctx.policy.holds().len() as i64);
 }
 
 fn due_after(now: Instant, secs: f64) -> Instant {
     now.checked_add(Duration::from_secs_f64(secs.clamp(0.0, 1e7))).unwrap_or(now)
 }
 
-/// Re-estimates when a held host has room, at most once per `RESERVATION_RETRY_MS`: runtime
-/// history grows while the hold waits (a first estimate made without history assumed
-/// `runtime_estimate_default`), and backfill is judged against the newest estimate. A host
-/// that can no longer take the frame (gone from the cache, shrunk) loses the hold.
+/// Re-estimates when the layer's held hosts have room, at most once per
+/// `RESERVATION_RETRY_MS` each: runtime history grows while a hold waits (a first estimate made
+/// without history assumed `runtime_estimate_default`), and backfill is judged against the
+/// newest estimate. A host that can no longer take the frame (gone from the cache, shrunk)
+/// loses its hold.
 pub(super) fn refresh(ctx: &Context, layer_id: &str, now: Instant) {
-    let Some(hold) = ctx.policy.hold_of(layer_id) else { return };
-    if now.duration_since(hold.checked) < Duration::from_millis(crate::limits::RESERVATION_RETRY_MS) {
+    let retry = Duration::from_millis(crate::limits::RESERVATION_RETRY_MS);
+    let due: Vec<Hold> = ctx.policy.holds_of(layer_id).into_iter().filter(|h| now.duration_since(h.checked) >= retry).collect();
+    if due.is_empty() {
         return;
     }
-    let Some(host) = ctx.cache.host(&hold.host_id) else {
-        ctx.policy.booked(layer_id);
-        ctx.metrics.reservations_total.with_label_values(&["expired"]).inc();
-        return;
-    };
-    let secs = match read_candidates(ctx, std::slice::from_ref(&host), now) {
-        Ok(candidates) => candidates.first().and_then(|c| policy::estimate_room(c, &hold.need, ctx.policy.settings.runtime_estimate_default.as_secs_f64())),
+    let mut hosts = Vec::with_capacity(due.len());
+    let mut kept = Vec::with_capacity(due.len());
+    for hold in due {
+        match ctx.cache.host(&hold.host_id) {
+            Some(host) => {
+                hosts.push(host);
+                kept.push(hold);
+            }
+            None => {
+                ctx.policy.release(&hold.host_id);
+                ctx.metrics.reservations_total.with_label_values(&["expired"]).inc();
+            }
+        }
+    }
+    let candidates = match read_candidates(ctx, &hosts, now) {
+        Ok(candidates) => candidates,
         Err(e) => {
             ctx.count_error("policy");
-            debug!("cannot re-estimate the hold on {}: {e}", hold.host_name);
+            debug!("cannot re-estimate the holds of layer {layer_id}: {e}");
             return;
         }
     };
-    match secs {
-        Some(room) => ctx.policy.set_due(layer_id, due_after(now, room.0), policy::backfill_until(now, room), now),
-        None => {
-            ctx.policy.booked(layer_id);
-            ctx.metrics.reservations_total.with_label_values(&["expired"]).inc();
+    let default_secs = ctx.policy.settings.runtime_estimate_default.as_secs_f64();
+    for (hold, candidate) in kept.iter().zip(&candidates) {
+        match policy::estimate_room(candidate, &hold.need, default_secs) {
+            Some(room) => ctx.policy.set_due(&hold.host_id, due_after(now, room.0), policy::backfill_until(now, room), now),
+            None => {
+                ctx.policy.release(&hold.host_id);
+                ctx.metrics.reservations_total.with_label_values(&["expired"]).inc();
+            }
         }
     }
     ctx.metrics.reservations_held.set(ctx.policy.holds().len() as i64);
