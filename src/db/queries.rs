@@ -47,15 +47,16 @@ fn managed_clause(managed_mode: bool, alias: &str) -> String {
 /// With `$10` (policy `smart`: `scheduler.aging_after` in seconds) a starving job — nothing
 /// running, started longer ago than that — goes before the rest, oldest first: otherwise a job
 /// of low priority behind `$5` others of its show is never read, so no rule in the pass could age it.
+/// With `$11` (policy `smart`: `scheduler.reservation_after` in seconds) a job started longer
+/// ago than that with frames waiting in a layer worth a host hold (more than one core, or a
+/// GPU) counts as starving too: only a pass that reads such a frame can hold a host for it.
 pub fn pass_sql(managed_mode: bool) -> String {
     let managed = managed_clause(managed_mode, "s");
     let limit_ok = layer_limit_ok("l.pk_layer");
     let sane = SANE_LAYER;
     let rotate = crate::limits::JOB_SLOT_ROTATE_S;
     format!(
-        "WITH candidates AS (
-           -- Cheap filters and the order first; OFFSET 0 keeps the costly tests below out of
-           -- this scan, so they run on candidates in order until $5 jobs qualify.
+        "WITH pending AS (
            SELECT j.pk_job, j.str_name, j.str_show, j.str_shot, j.str_user, j.str_log_dir,
                   j.int_uid::bigint AS uid, j.str_os, COALESCE(j.str_loki_url, '') AS loki,
                   j.pk_folder, j.pk_dept, fo.pk_dept AS folder_dept, fo.pk_show AS folder_show,
@@ -64,7 +65,9 @@ pub fn pass_sql(managed_mode: bool) -> String {
                   jr.int_gpus::bigint AS gpus, jr.int_max_gpus::bigint AS max_gpus, j.ts_started,
                   slot.n AS job_slot, slot.n <> $9::bigint AS other_slot,
                   CASE WHEN slot.n <> $9::bigint THEN -extract(epoch FROM j.ts_started) ELSE extract(epoch FROM j.ts_started) END AS queue_order,
-                  age.starving
+                  age.starving,
+                  js.int_running_count > 0 AS running,
+                  row_number() OVER (PARTITION BY age.starving ORDER BY js.int_running_count > 0, j.ts_started, j.pk_job) AS starve_rank
            FROM job j
            JOIN job_stat js ON js.pk_job = j.pk_job
            JOIN job_resource jr ON jr.pk_job = j.pk_job
@@ -74,8 +77,13 @@ pub fn pass_sql(managed_mode: bool) -> String {
            -- within a priority: a job's slot, rotating on the database clock.
            CROSS JOIN LATERAL (SELECT mod(hashtext(j.pk_job::text)::bigint + 2147483648
                                           + extract(epoch FROM now())::bigint / {rotate}, $8::bigint) AS n) slot
-           CROSS JOIN LATERAL (SELECT COALESCE(js.int_running_count = 0
-                                               AND j.ts_started < now() - make_interval(secs => $10::float8), false) AS starving) age
+           CROSS JOIN LATERAL (SELECT COALESCE((js.int_running_count = 0
+                                                AND j.ts_started < now() - make_interval(secs => $10::float8))
+                                               OR (j.ts_started < now() - make_interval(secs => $11::float8)
+                                                   AND EXISTS (SELECT 1 FROM layer hl JOIN layer_stat hs ON hs.pk_layer = hl.pk_layer
+                                                               WHERE hl.pk_job = j.pk_job AND hs.int_waiting_count > 0
+                                                                 AND ((hl.b_threadable AND hl.int_cores_min > 100) OR hl.int_gpus_min > 0))),
+                                               false) AS starving) age
            WHERE j.pk_show = $1 AND j.pk_facility = $2 AND j.str_state = 'PENDING'
              AND NOT j.b_paused AND j.b_auto_book AND js.int_waiting_count > 0
              AND (fr.int_max_cores < 0 OR fr.int_cores < fr.int_max_cores)
@@ -84,10 +92,17 @@ pub fn pass_sql(managed_mode: bool) -> String {
              AND EXISTS (SELECT 1 FROM subscription sub WHERE sub.pk_show = $1
                            AND ($4::text IS NULL OR sub.pk_alloc = $4)
                            AND sub.int_burst > 0 AND sub.int_burst - sub.int_cores >= 100)
+           ),
+         candidates AS (
+           -- Cheap filters and the order first; OFFSET 0 keeps the costly tests below out of
+           -- this scan, so they run on candidates in order until $5 jobs qualify. Starving
+           -- jobs, oldest first, take at most half of the $5 slots, so new and higher-priority
+           -- work is still read while many jobs starve.
+           SELECT * FROM (SELECT p.*, p.starving AND p.starve_rank <= ($5::bigint + 1) / 2 AS aged_slot FROM pending p) r
            -- Own slot oldest first; other slots' jobs after them, newest first: a helper
            -- takes from the far end of another instance's queue (work stealing), so the two
            -- meet only when that queue is nearly empty.
-           ORDER BY age.starving DESC, CASE WHEN age.starving THEN j.ts_started END, jr.int_priority DESC, other_slot, queue_order, j.pk_job
+           ORDER BY r.aged_slot DESC, CASE WHEN r.aged_slot THEN r.running END, CASE WHEN r.aged_slot THEN r.ts_started END, r.priority DESC, r.other_slot, r.queue_order, r.pk_job
            OFFSET 0),
          jobs AS (
            SELECT c.*,
@@ -169,6 +184,9 @@ pub struct PassBounds {
     pub share: (i64, i64),
     /// Policy `smart`: starving jobs first after this many seconds (`None`: Cuebot's order).
     pub aging_secs: Option<f64>,
+    /// Policy `smart`: jobs with frames that may need a host hold first after this many
+    /// seconds (`None`: not).
+    pub hold_after_secs: Option<f64>,
 }
 
 /// Runs the pass query and groups its rows into per-layer work, jobs shared between layers.
@@ -177,11 +195,11 @@ pub fn fetch_pass(client: &mut Client, statement: &Statement, cluster: &Cluster,
     let (jobs_max, frames_per_layer) = (bounds.jobs_max, bounds.frames_per_layer);
     let servers = bounds.share.0.max(1);
     let rank = bounds.share.1.clamp(0, servers - 1);
-    let aging_secs = bounds.aging_secs;
+    let (aging_secs, hold_after_secs) = (bounds.aging_secs, bounds.hold_after_secs);
     let rows = client
         .query(
             statement,
-            &[&cluster.show_id, &cluster.facility_id, &cluster.tags, &cluster.alloc_id, &jobs_max, &frames_per_layer, &skip_frames, &servers, &rank, &aging_secs],
+            &[&cluster.show_id, &cluster.facility_id, &cluster.tags, &cluster.alloc_id, &jobs_max, &frames_per_layer, &skip_frames, &servers, &rank, &aging_secs, &hold_after_secs],
         )
         .map_err(DbError::query(CTX))?;
     let mut work: Vec<LayerWork> = Vec::with_capacity(rows.len());

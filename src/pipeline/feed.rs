@@ -429,9 +429,10 @@ impl<'a> Feed<'a> {
         let share = self.ctx.serving().share();
         let policy = &self.ctx.policy;
         let aging_secs = policy.smart().then_some(policy.settings.aging_after.as_secs_f64());
+        let hold_after_secs = (policy.smart() && policy.settings.reservations_max > 0).then_some(policy.settings.reservation_after.as_secs_f64());
         let result = match self.connection() {
             Ok(conn) => {
-                let bounds = queries::PassBounds { jobs_max, frames_per_layer: frames_max, share, aging_secs };
+                let bounds = queries::PassBounds { jobs_max, frames_per_layer: frames_max, share, aging_secs, hold_after_secs };
                 queries::fetch_pass(&mut conn.client, &conn.pass, &cluster, &bounds, &skip)
             }
             Err(e) => Err(e),

@@ -323,7 +323,7 @@ fn instances_sharing_a_cluster_prefer_different_jobs() {
     let statement = client.prepare(&queries::pass_sql(true)).expect("prepare");
     let epoch = |c: &mut postgres::Client| c.query_one("SELECT extract(epoch FROM now())::bigint / 10", &[]).expect("epoch").get::<_, i64>(0);
     let jobs = |c: &mut postgres::Client, share: (i64, i64)| -> Vec<String> {
-        let work = queries::fetch_pass(c, &statement, &cluster, &queries::PassBounds { jobs_max: 4, frames_per_layer: 10, share, aging_secs: None }, &[]).expect("pass").work;
+        let work = queries::fetch_pass(c, &statement, &cluster, &queries::PassBounds { jobs_max: 4, frames_per_layer: 10, share, aging_secs: None, hold_after_secs: None }, &[]).expect("pass").work;
         let mut names: Vec<String> = work.iter().map(|w| w.job.name.clone()).collect();
         names.dedup();
         names
@@ -368,7 +368,7 @@ fn a_starving_job_is_read_before_higher_priorities_under_aging() {
     let cluster = fleet.manual_cluster();
     let statement = client.prepare(&queries::pass_sql(true)).expect("prepare");
     let first = |c: &mut postgres::Client, aging_secs: Option<f64>| -> Vec<String> {
-        let bounds = queries::PassBounds { jobs_max: 4, frames_per_layer: 10, share: (1, 0), aging_secs };
+        let bounds = queries::PassBounds { jobs_max: 4, frames_per_layer: 10, share: (1, 0), aging_secs, hold_after_secs: None };
         let work = queries::fetch_pass(c, &statement, &cluster, &bounds, &[]).expect("pass").work;
         let mut names: Vec<String> = work.iter().map(|w| w.job.name.clone()).collect();
         names.dedup();
@@ -385,6 +385,56 @@ fn a_starving_job_is_read_before_higher_priorities_under_aging() {
         .execute("UPDATE job_stat SET int_running_count = 1 WHERE pk_job = (SELECT pk_job FROM job WHERE str_name = 'showa-old')", &[])
         .expect("running");
     assert!(!first(&mut client, Some(30.0)).contains(&"showa-old".to_string()), "a job with a frame running is not starving");
+}
+
+/// Policy `smart` also reads first a job whose frames may need a host hold (a layer of more
+/// than one core or with a GPU, frames waiting) once it started longer ago than
+/// `scheduler.reservation_after`, oldest first: only a pass that reads such a frame can hold a
+/// host for it. Starving jobs take at most half of a pass's job slots, so higher-priority and
+/// new work is still read; without the bound the order is Cuebot's.
+#[test]
+fn jobs_that_may_need_a_hold_are_read_first_within_half_the_slots() {
+    use cue_scheduler::db::queries;
+    let fleet = fleet("inst_hold_first");
+    for j in 0..4 {
+        fleet.job(&format!("showa-busy{j}"), "alloc0", 2);
+    }
+    for j in 0..4 {
+        fleet.job(&format!("showa-wide{j}"), "alloc0", 2);
+    }
+    let mut client = fleet.db.client();
+    client
+        .batch_execute(
+            "UPDATE job_resource SET int_priority = 200 WHERE pk_job IN (SELECT pk_job FROM job WHERE str_name LIKE 'showa-busy%');
+             UPDATE job_resource SET int_priority = 50 WHERE pk_job IN (SELECT pk_job FROM job WHERE str_name LIKE 'showa-wide%');
+             UPDATE layer SET b_threadable = true, int_cores_min = 1600, int_cores_max = 1600
+               WHERE pk_job IN (SELECT pk_job FROM job WHERE str_name LIKE 'showa-wide%' AND str_name <> 'showa-wide3');
+             UPDATE job SET ts_started = now() - make_interval(mins => 10 - substr(str_name, 11)::int)
+               WHERE str_name LIKE 'showa-wide%';",
+        )
+        .expect("priorities, wide layers and ages");
+    let cluster = fleet.manual_cluster();
+    let statement = client.prepare(&queries::pass_sql(true)).expect("prepare");
+    let first = |c: &mut postgres::Client, hold_after_secs: Option<f64>| -> Vec<String> {
+        let bounds = queries::PassBounds { jobs_max: 4, frames_per_layer: 10, share: (1, 0), aging_secs: None, hold_after_secs };
+        let work = queries::fetch_pass(c, &statement, &cluster, &bounds, &[]).expect("pass").work;
+        let mut names: Vec<String> = work.iter().map(|w| w.job.name.clone()).collect();
+        names.dedup();
+        names
+    };
+    let busy = |names: &[String]| names.iter().filter(|n| n.starts_with("showa-busy")).count();
+    let legacy = first(&mut client, None);
+    assert_eq!((legacy.len(), busy(&legacy)), (4, 4), "Cuebot's order reads the busy jobs: {legacy:?}");
+    // wide0 started 10 minutes ago, wide1 9, wide2 8; wide3's layer is one core.
+    let smart = first(&mut client, Some(10.0));
+    assert_eq!(smart[..2], ["showa-wide0", "showa-wide1"], "the two oldest in the two aged slots: {smart:?}");
+    assert_eq!(busy(&smart), 2, "the other half in Cuebot's order: {smart:?}");
+    assert_eq!(busy(&first(&mut client, Some(3_600.0))), 4, "younger than reservation_after: not read first");
+    client
+        .execute("UPDATE layer_stat SET int_waiting_count = 0 WHERE pk_layer IN (SELECT pk_layer FROM layer l JOIN job j USING (pk_job) WHERE j.str_name = 'showa-wide0')", &[])
+        .expect("nothing waiting");
+    let smart = first(&mut client, Some(10.0));
+    assert_eq!(smart[..2], ["showa-wide1", "showa-wide2"], "a job with no frame waiting is not read for a hold: {smart:?}");
 }
 
 /// One ownership session as an instance opens it: `application_name` ends in `[id]`.
