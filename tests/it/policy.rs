@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 const GIB: i64 = 1_048_576;
 
-/// Two 4-core hosts; a high-priority narrow layer of 30 one-core frames whose history says they
-/// run 100 s, and a low-priority layer of one 4-core frame.
+/// Two 4-core hosts and a high-priority narrow layer of 30 one-core frames whose history says
+/// they run 100 s.
 fn wide_farm(test: &str, block: u8) -> (TestDb, Org, Vec<String>) {
     let db = TestDb::new(test, Schema::Project).expect("db");
     let mut f = db.farm();
@@ -37,14 +37,20 @@ fn wide_farm(test: &str, block: u8) -> (TestDb, Org, Vec<String>) {
             &[&ids.job_id],
         )
         .expect("history");
+    (db, org, names)
+}
+
+/// The low-priority job of one 4-core frame. Submitted once the narrow frames fill both hosts:
+/// under smart a job whose frames may need a hold is read first, and on an empty farm its frame
+/// would simply take a free host.
+fn submit_wide(db: &TestDb, org: &Org) {
     let mut wide = LayerSpec::new("wide", "1", "general");
     wide.threadable = true;
     wide.cores_min = 400;
     wide.mem_min_kib = 2 * GIB;
-    let mut spec = job(&org, "wide-job", vec![wide]);
+    let mut spec = job(org, "wide-job", vec![wide]);
     spec.priority = 1;
-    f.job(&spec).expect("wide job");
-    (db, org, names)
+    db.farm().job(&spec).expect("wide job");
 }
 
 /// Completes the first `n` frames launched on `host` the way Cuebot does.
@@ -65,13 +71,14 @@ fn launches_on(rqd: &FakeRqd, host: &str, layer: &str) -> usize {
 /// one host (the held one under smart). Returns (wide launched on that host, narrow frames
 /// launched there, the hold seen, status page).
 fn wide_scenario(test: &str, block: u8, name: PolicyName) -> (bool, usize, Option<String>, String) {
-    let (db, _org, hosts) = wide_farm(test, block);
+    let (db, org, hosts) = wide_farm(test, block);
     let rqd = FakeRqd::start(&hosts).expect("fake rqd");
     let mut settings = support::settings(&db, rqd.port);
     settings.scheduling.name = name;
     settings.scheduling.reservation_after = Duration::ZERO;
     let pipeline = Pipeline::start(settings, Arc::new(Metrics::new())).expect("start");
     assert!(wait_for(Duration::from_secs(10), || rqd.launch_count() >= 8), "both hosts filled with narrow frames");
+    submit_wide(&db, &org);
     // Under smart the wide frame gets a host held within a retry period.
     let held = wait_for(Duration::from_secs(5), || !pipeline.ctx.policy.holds().is_empty());
     let held_host = pipeline.ctx.policy.holds().values().next().map(|h| h.host_name.clone());
