@@ -268,13 +268,13 @@ fn at_reservations_max_a_frame_that_waited_longer_displaces_the_youngest_hold() 
     assert!(policy.hold(since("h1", "old", 0)).0);
     assert!(policy.hold(since("h2", "young", 20)).0);
     let now = t0 + Duration::from_secs(60);
-    // Full: a frame waiting since 30 s does not try; one waiting since 10 s does, and takes
-    // the place of the hold whose frame has waited since 20 s.
+    // Full: a frame waiting since 30 s does not try; one waiting since 5 s does, and takes the
+    // place of the hold whose frame has waited since 20 s. RESERVATION_DISPLACE_MS is 10 s.
     assert!(!policy.may_try_hold("newer", 1, t0 + Duration::from_secs(30), now));
     assert!(!policy.hold(since("h3", "newer", 30)).0);
-    assert!(!policy.hold(since("h3", "tie", 20)).0, "equals (within RESERVATION_DISPLACE_MS) do not trade places");
-    assert!(policy.may_try_hold("older", 1, t0 + Duration::from_secs(10), now));
-    let (made, displaced) = policy.hold(since("h3", "older", 10));
+    assert!(!policy.hold(since("h3", "close", 15)).0, "5 s longer is within RESERVATION_DISPLACE_MS: no trade");
+    assert!(policy.may_try_hold("older", 1, t0 + Duration::from_secs(5), now));
+    let (made, displaced) = policy.hold(since("h3", "older", 5));
     assert!(made);
     assert_eq!(displaced.map(|h| h.layer_id), Some("young".to_string()));
     let mut held: Vec<String> = policy.holds().values().map(|h| h.layer_id.clone()).collect();
