@@ -521,9 +521,15 @@ impl Policy {
     /// The layer booked a frame on `host_id`: one frame fewer waits, so one of its holds goes,
     /// the one on that host if it has one, else the one due last. Returns the dropped hold.
     pub fn booked(&self, layer_id: &str, host_id: &HostId) -> Option<Hold> {
-        let own_here = self.state.lock().holds.get(host_id).is_some_and(|h| h.layer_id == layer_id);
-        let host = if own_here { Some(Arc::clone(host_id)) } else { self.holds_of(layer_id).pop().map(|h| h.host_id) };
-        self.release(&host?)
+        let mut state = self.state.lock();
+        let victim = match state.holds.get(host_id) {
+            Some(h) if h.layer_id == layer_id => Arc::clone(host_id),
+            _ => Arc::clone(&state.holds.values().filter(|h| h.layer_id == layer_id).max_by_key(|h| h.due)?.host_id),
+        };
+        let mut holds = (*state.holds).clone();
+        let gone = holds.remove(&victim);
+        state.holds = Arc::new(holds);
+        gone
     }
 
     /// Drops the hold on a host; returns it.
@@ -653,8 +659,6 @@ impl Policy {
     }
 }
 
-/// `/policy` on the metrics port: one line per hold and per show share, `key=value` pairs
-/// separated by spaces, values percent-encoded (`explain` reads it back with `parse_line`).
 /// The host of the hold whose frame has waited least, if it waited less than a frame waiting
 /// since `since` (by more than `RESERVATION_DISPLACE_MS`, so equals do not trade places).
 fn youngest(holds: &HoldMap, since: Instant) -> Option<HostId> {
@@ -666,6 +670,8 @@ fn youngest(holds: &HoldMap, since: Instant) -> Option<HostId> {
         .map(|h| Arc::clone(&h.host_id))
 }
 
+/// `/policy` on the metrics port: one line per hold and per show share, `key=value` pairs
+/// separated by spaces, values percent-encoded (`explain` reads it back with `parse_line`).
 pub fn render_status(policy: &Policy, now: Instant) -> String {
     let mut out = format!("policy name={}\n", policy.settings.name.name());
     let mut holds: Vec<Hold> = policy.holds().values().cloned().collect();
