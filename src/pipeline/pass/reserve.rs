@@ -50,7 +50,8 @@ pub(super) fn consider(ctx: &Context, state: &LayerState, now: Instant) {
         .collect();
     let fits_idle = |h: &Host| h.cores_idle >= need.cores && h.mem_idle >= need.mem && h.gpus_idle >= need.gpus && h.gpu_mem_idle >= need.gpu_mem;
     let wanted = aged.len().saturating_sub(hosts.iter().filter(|h| fits_idle(h)).count());
-    let waiting_since = |f: &Frame| now.checked_sub(Duration::from_secs_f64(f.age_secs.clamp(0.0, 1e7))).unwrap_or(now);
+    // A NaN or infinite age (hostile rows) cannot panic here: try_from refuses NaN, clamp bounds the rest.
+    let waiting_since = |f: &Frame| Duration::try_from_secs_f64(f.age_secs.clamp(0.0, 1e7)).ok().and_then(|age| now.checked_sub(age)).unwrap_or(now);
     if wanted == 0 || !ctx.policy.may_try_hold(&layer.id, wanted, aged.iter().map(|f| waiting_since(f)).min().unwrap_or(now), now) {
         return;
     }
