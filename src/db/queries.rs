@@ -55,6 +55,8 @@ pub fn pass_sql(managed_mode: bool) -> String {
     let limit_ok = layer_limit_ok("l.pk_layer");
     let sane = SANE_LAYER;
     let rotate = crate::limits::JOB_SLOT_ROTATE_S;
+    // `policy::worth_holding`'s rule (more than one core, or a GPU), in SQL.
+    let core = crate::model::CORE_UNITS_PER_CORE;
     format!(
         "WITH pending AS (
            SELECT j.pk_job, j.str_name, j.str_show, j.str_shot, j.str_user, j.str_log_dir,
@@ -82,7 +84,7 @@ pub fn pass_sql(managed_mode: bool) -> String {
                                                OR (j.ts_started < now() - make_interval(secs => $11::float8)
                                                    AND EXISTS (SELECT 1 FROM layer hl JOIN layer_stat hs ON hs.pk_layer = hl.pk_layer
                                                                WHERE hl.pk_job = j.pk_job AND hs.int_waiting_count > 0
-                                                                 AND ((hl.b_threadable AND hl.int_cores_min > 100) OR hl.int_gpus_min > 0))),
+                                                                 AND ((hl.b_threadable AND hl.int_cores_min > {core}) OR hl.int_gpus_min > 0))),
                                                false) AS starving) age
            WHERE j.pk_show = $1 AND j.pk_facility = $2 AND j.str_state = 'PENDING'
              AND NOT j.b_paused AND j.b_auto_book AND js.int_waiting_count > 0

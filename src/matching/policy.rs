@@ -472,12 +472,14 @@ impl Policy {
         if state.holds.contains_key(&hold.host_id) {
             return (false, None);
         }
+        let victim = if state.holds.len() >= self.settings.reservations_max {
+            let Some(victim) = youngest(&state.holds, hold.waiting_since) else { return (false, None) };
+            Some(victim)
+        } else {
+            None
+        };
         let mut holds = (*state.holds).clone();
-        let mut displaced = None;
-        if holds.len() >= self.settings.reservations_max {
-            let Some(victim) = youngest(&holds, hold.waiting_since) else { return (false, None) };
-            displaced = holds.remove(&victim);
-        }
+        let displaced = victim.and_then(|v| holds.remove(&v));
         holds.insert(Arc::clone(&hold.host_id), hold);
         state.holds = Arc::new(holds);
         (true, displaced)
@@ -526,15 +528,12 @@ impl Policy {
             Some(h) if h.layer_id == layer_id => Arc::clone(host_id),
             _ => Arc::clone(&state.holds.values().filter(|h| h.layer_id == layer_id).max_by_key(|h| h.due)?.host_id),
         };
-        let mut holds = (*state.holds).clone();
-        let gone = holds.remove(&victim);
-        state.holds = Arc::new(holds);
-        gone
+        remove_hold(&mut state, &victim)
     }
 
     /// Drops the hold on a host; returns it.
     pub fn release(&self, host_id: &HostId) -> Option<Hold> {
-        self.drop_where(|h| h.host_id == *host_id).into_iter().next()
+        remove_hold(&mut self.state.lock(), host_id)
     }
 
     /// Drops holds no pass has seen waiting for `unseen_max`; returns them.
@@ -657,6 +656,17 @@ impl Policy {
     pub fn shares(&self, now: Instant) -> Vec<ShareView> {
         views_of(&self.state.lock(), self.demand_window(), now)
     }
+}
+
+/// Removes the hold on `host_id` from the shared map (copied only when there is one).
+fn remove_hold(state: &mut State, host_id: &HostId) -> Option<Hold> {
+    if !state.holds.contains_key(host_id) {
+        return None;
+    }
+    let mut holds = (*state.holds).clone();
+    let gone = holds.remove(host_id);
+    state.holds = Arc::new(holds);
+    gone
 }
 
 /// The host of the hold whose frame has waited least, if it waited less than a frame waiting

@@ -49,13 +49,14 @@ pub(super) fn consider(ctx: &Context, state: &LayerState, now: Instant) {
         .filter(|h| !holds.contains_key(&h.id))
         .collect();
     let fits_idle = |h: &Host| h.cores_idle >= need.cores && h.mem_idle >= need.mem && h.gpus_idle >= need.gpus && h.gpu_mem_idle >= need.gpu_mem;
-    let wanted = aged.len().saturating_sub(hosts.iter().filter(|h| fits_idle(h)).count());
+    // Hosts whose idle room already fits a frame take one in the next pass; the rest may drain.
+    let (ready, draining): (Vec<Host>, Vec<Host>) = hosts.into_iter().partition(|h| fits_idle(h));
+    let wanted = aged.len().saturating_sub(ready.len());
     // A NaN or infinite age (hostile rows) cannot panic here: try_from refuses NaN, clamp bounds the rest.
     let waiting_since = |f: &Frame| Duration::try_from_secs_f64(f.age_secs.clamp(0.0, 1e7)).ok().and_then(|age| now.checked_sub(age)).unwrap_or(now);
     if wanted == 0 || !ctx.policy.may_try_hold(&layer.id, wanted, aged.iter().map(|f| waiting_since(f)).min().unwrap_or(now), now) {
         return;
     }
-    let draining: Vec<Host> = hosts.into_iter().filter(|h| !fits_idle(h)).collect();
     if draining.is_empty() {
         return;
     }
@@ -140,6 +141,10 @@ pub(super) fn refresh(ctx: &Context, layer_id: &str, now: Instant) {
                 ctx.metrics.reservations_total.with_label_values(&["expired"]).inc();
             }
         }
+    }
+    if hosts.is_empty() {
+        ctx.metrics.reservations_held.set(ctx.policy.holds().len() as i64);
+        return;
     }
     let candidates = match read_candidates(ctx, &hosts, now) {
         Ok(candidates) => candidates,
