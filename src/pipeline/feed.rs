@@ -6,7 +6,7 @@
 use crate::matching::clusters;
 use crate::pipeline::context::Context;
 use crate::db::{self, DbError};
-use crate::model::Cluster;
+use crate::model::{Cluster, ClusterKind};
 use crate::pipeline::pass::{Pass, PassResult};
 use crate::db::queries;
 use crate::matching::policy::{Pool, SubscriptionRow};
@@ -488,7 +488,11 @@ impl<'a> Feed<'a> {
         self.slots[index].in_flight = true;
         debug!("cluster {cluster}: {jobs} jobs, {} layers to match", work.len());
         let fair_budget = self.fair_budget(&cluster, now);
-        Some(Pass { cluster, work, fetched_at: started, alloc_headroom, fair_budget })
+        let alloc_room = std::sync::atomic::AtomicI64::new(match cluster.kind {
+            ClusterKind::Alloc => alloc_headroom.unwrap_or(i64::MAX),
+            _ => i64::MAX,
+        });
+        Some(Pass { cluster, work, fetched_at: started, alloc_headroom, alloc_room, fair_budget })
     }
 
     /// Policy `smart`, allocation clusters: the show's fair-share budget for the pass.

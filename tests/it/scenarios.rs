@@ -177,6 +177,22 @@ fn paused_capped_and_over_burst_work_gets_nothing() {
     assert!(metrics.accounting_limit_exceeded_total.with_label_values(&["subscription"]).get() >= 1);
 }
 
+/// §3.8 pre-check: a pass that has booked its subscription's room skips its other layers.
+/// None of them checks out a host to be refused by the cap (every host attempt books).
+#[test]
+fn a_pass_that_fills_its_subscription_asks_no_more_of_the_database() {
+    let f = farm("subfull", 87, 300, |o, h| h.iter().map(|n| host(n, &o.general_alloc, "general", 16, 64)).collect(), 2);
+    for j in 0..6 {
+        seed(&f, &job(&f.org, &format!("showa-j{j}"), vec![LayerSpec::new("r", "1-4", "general")]));
+    }
+    let (launches, metrics) = run(&f, |_| {});
+    assert_eq!(launches.len(), 3, "subscription burst of 3 cores: {launches:?}");
+    let outcome = |label: &str| metrics.checkout_outcome_total.with_label_values(&[label]).get();
+    assert_eq!(outcome("no_progress") + outcome("dispatch_error"), 0, "a host attempt booked nothing");
+    assert!(outcome("booked") >= 1);
+    assert!(metrics.accounting_limit_exceeded_total.with_label_values(&["subscription"]).get() >= 1, "the pre-check counts");
+}
+
 /// Discovery: a show not managed by the scheduler (Cuebot books it) is never touched, and a
 /// HOSTNAME tag forms its own cluster that reaches only that host.
 #[test]

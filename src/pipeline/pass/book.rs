@@ -147,6 +147,7 @@ pub(super) fn launch_booked(
         let Some(index) = frames.iter().position(|(f, _)| f.id == b.frame_id) else { continue };
         let (frame, command) = frames.remove(index);
         *job_booked_units += b.cores;
+        pass.alloc_room.fetch_sub(b.cores, Ordering::SeqCst);
         launched += 1;
         ctx.metrics.time_to_book_seconds.observe(frame.age_secs + elapsed);
         let reservation = Reservation {
@@ -263,6 +264,12 @@ pub(super) fn book_on_host(
     let mut plan = plan;
     let _flight = ctx.booking(plan.frames.iter().map(|f| f.frame_id.clone()).collect());
     let mut result = ctx.with_booker(|booker| booker.book(&plan));
+    if let Ok(BookOutcome::Refused { cap: Cap::Subscription, headroom }) = &result {
+        if pass.cluster.kind == ClusterKind::Alloc {
+            // What the locked subscription row had left: the pass's room from now on.
+            pass.alloc_room.store(headroom.unwrap_or(0).max(0), Ordering::SeqCst);
+        }
+    }
     // A cap refused the whole batch but had room for part of it: retry once with what fits.
     if let Ok(BookOutcome::Refused { cap, headroom: Some(headroom) }) = &result {
         let mut used = 0;

@@ -37,6 +37,19 @@ pub(super) fn run_layer(ctx: &Context, pass: &Pass, state: &mut LayerState, job_
             outcome.stop_job = true;
             break;
         }
+        // §3.8 pre-check: subscription over burst. The room is what the pass read, less what
+        // it booked since (or what a refusal reported), so once the pass has filled the
+        // subscription its other layers stop here instead of each being refused by the guard.
+        let room = pass.alloc_room.load(Ordering::SeqCst);
+        if room < min_frame_units(state.work) {
+            ctx.metrics.accounting_limit_exceeded_total.with_label_values(&[Cap::Subscription.table()]).inc();
+            debug!(
+                "layer {} of job {} skipped: subscription pre-check ({room} core units left on the allocation)",
+                state.work.layer.name, job.name
+            );
+            outcome.result.subscription_full = true;
+            break;
+        }
         // Policy `smart`: the show reached its fair share while another show is short of its.
         if pass.fair_budget.as_ref().is_some_and(|budget| budget.load(Ordering::SeqCst) < min_frame_units(state.work)) {
             break;

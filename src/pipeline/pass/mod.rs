@@ -55,6 +55,11 @@ pub struct Pass {
     pub fetched_at: Instant,
     /// Allocation clusters: subscription room (core units) when the pass was read.
     pub alloc_headroom: Option<i64>,
+    /// Allocation clusters: the subscription room left to this pass, in core units: what was
+    /// read, less what the pass has booked since, or what a refusal reported (`i64::MAX`
+    /// elsewhere). A hint: once it cannot hold a layer's smallest frame, the per-layer loop
+    /// stops asking the database, which would refuse at the subscription cap.
+    pub alloc_room: AtomicI64,
     /// Policy `smart`, allocation clusters: the most core units the show may book in this pass
     /// while another show is short of its fair share (`None`: no such limit). It shrinks as the
     /// pass books, in the planning and in the per-layer host loop.

@@ -79,6 +79,11 @@ pub(super) fn plan_hosts(ctx: &Context, plan: &mut JobPlan, budget: &AtomicI64) 
             if job.max_cores > 0 && job.cores_in_use + planned_units + min_frame_units(state.work) > job.max_cores {
                 break 'layers;
             }
+            // The pass's budget cannot hold a frame: no host to check out (finishing decides
+            // whether the subscription is full).
+            if budget.load(Ordering::SeqCst) < min_frame_units(state.work) {
+                break;
+            }
             state.attempts += 1;
             ctx.metrics.host_attempts_total.inc();
             let Some(host) = checkout(ctx, state, job.cores_in_use + planned_units) else {
