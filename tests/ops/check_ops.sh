@@ -20,6 +20,13 @@ FAILED=0
 pass() { PASSED=$((PASSED + 1)); printf 'ok    %s\n' "$*"; }
 fail() { FAILED=$((FAILED + 1)); printf 'FAIL  %s\n' "$*"; }
 skip() { printf 'skip  %s\n' "$*"; }
+# Started under nohup, every child inherits SIGHUP ignored, and a non-interactive sh cannot
+# trap a signal ignored on entry (POSIX): the stand-in would never see the init script's HUP.
+hup_ignored_on_entry() {
+  local mask
+  mask=$(awk '/^SigIgn:/ { print $2 }' "/proc/$$/status" 2>/dev/null) || return 1
+  [ -n "$mask" ] && (( (16#$mask & 1) != 0 ))
+}
 # check DESCRIPTION COMMAND...: passes when the command succeeds.
 check() {
   local desc=$1
@@ -314,7 +321,11 @@ EOF
   check "[$label] reload exits 0" test $? = 0
   "$init" debug >/dev/null 2>&1
   sleep 1
-  check "[$label] reload sends SIGHUP" contains "$log" "stand-in: SIGHUP"
+  if hup_ignored_on_entry; then
+    skip "[$label] reload sends SIGHUP: this run was started with SIGHUP ignored (nohup?), which the sh stand-in cannot trap"
+  else
+    check "[$label] reload sends SIGHUP" contains "$log" "stand-in: SIGHUP"
+  fi
   check "[$label] debug sends SIGUSR1" contains "$log" "stand-in: SIGUSR1"
   "$init" stop >"$dir/out" 2>&1
   check "[$label] stop exits 0" test $? = 0
