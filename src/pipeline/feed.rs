@@ -492,7 +492,7 @@ impl<'a> Feed<'a> {
             ClusterKind::Alloc => alloc_headroom.unwrap_or(i64::MAX),
             _ => i64::MAX,
         });
-        Some(Pass { cluster, work, fetched_at: started, alloc_headroom, alloc_room, fair_budget })
+        Some(Pass { cluster, work, fetched_at: started, alloc_room, fair_budget })
     }
 
     /// Policy `smart`, allocation clusters: the show's fair-share budget for the pass.

@@ -264,23 +264,23 @@ pub(super) fn book_on_host(
     let mut plan = plan;
     let _flight = ctx.booking(plan.frames.iter().map(|f| f.frame_id.clone()).collect());
     let mut result = ctx.with_booker(|booker| booker.book(&plan));
-    if let Ok(BookOutcome::Refused { cap: Cap::Subscription, headroom }) = &result {
-        if pass.cluster.kind == ClusterKind::Alloc {
+    if let Ok(BookOutcome::Refused { cap, headroom }) = &result {
+        if *cap == Cap::Subscription && pass.cluster.kind == ClusterKind::Alloc {
             // What the locked subscription row had left: the pass's room from now on.
             pass.alloc_room.store(headroom.unwrap_or(0).max(0), Ordering::SeqCst);
         }
-    }
-    // A cap refused the whole batch but had room for part of it: retry once with what fits.
-    if let Ok(BookOutcome::Refused { cap, headroom: Some(headroom) }) = &result {
-        let mut used = 0;
-        let fitting = plan.frames.iter().take_while(|f| {
-            used += f.cores;
-            used <= *headroom
-        }).count();
-        if fitting > 0 && fitting < plan.frames.len() {
-            debug!("{} cap left room for {fitting} of {} frames on {}; retrying", cap.table(), plan.frames.len(), host.name);
-            plan.frames.truncate(fitting);
-            result = ctx.with_booker(|booker| booker.book(&plan));
+        // The cap refused the whole batch but had room for part of it: retry once with what fits.
+        if let Some(headroom) = headroom {
+            let mut used = 0;
+            let fitting = plan.frames.iter().take_while(|f| {
+                used += f.cores;
+                used <= *headroom
+            }).count();
+            if fitting > 0 && fitting < plan.frames.len() {
+                debug!("{} cap left room for {fitting} of {} frames on {}; retrying", cap.table(), plan.frames.len(), host.name);
+                plan.frames.truncate(fitting);
+                result = ctx.with_booker(|booker| booker.book(&plan));
+            }
         }
     }
     let planned_ids: Vec<String> = plan.frames.iter().map(|f| f.frame_id.clone()).collect();

@@ -53,11 +53,9 @@ pub struct Pass {
     pub cluster: Cluster,
     pub work: Vec<LayerWork>,
     pub fetched_at: Instant,
-    /// Allocation clusters: subscription room (core units) when the pass was read.
-    pub alloc_headroom: Option<i64>,
-    /// Allocation clusters: the subscription room left to this pass, in core units: what was
-    /// read, less what the pass has booked since, or what a refusal reported (`i64::MAX`
-    /// elsewhere). A hint: once it cannot hold a layer's smallest frame, the per-layer loop
+    /// Allocation clusters: the subscription room left to this pass, in core units: what the
+    /// pass query read, less what the pass has booked since, or what a refusal reported
+    /// (`i64::MAX` elsewhere). A hint: once it cannot hold a layer's smallest frame, the per-layer loop
     /// stops asking the database, which would refuse at the subscription cap.
     pub alloc_room: AtomicI64,
     /// Policy `smart`, allocation clusters: the most core units the show may book in this pass
@@ -112,7 +110,7 @@ pub fn run_pass(ctx: &Context, pass: &Pass, launches: &Sender<Launch>) -> PassRe
     // §3.9 step 3: the allocation's room, shared by every job's plan and shrinking with it, so
     // a pass plans no more than the subscription can take (the booking guard stays the truth).
     let fair = pass.fair_budget.as_ref().map_or(i64::MAX, |b| b.load(Ordering::SeqCst));
-    let budget = AtomicI64::new(pass.alloc_headroom.unwrap_or(i64::MAX).min(fair));
+    let budget = AtomicI64::new(pass.alloc_room.load(Ordering::SeqCst).min(fair));
     // Planning goes job by job in priority order, so a higher-priority job gets hosts and
     // budget first; it only touches the cache. Booking leftovers runs jobs in parallel.
     let mut plans: Vec<JobPlan> = jobs.iter().filter_map(|layers| plan_job(ctx, pass, layers, &budget)).collect();
